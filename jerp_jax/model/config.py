@@ -1,0 +1,204 @@
+"""Model architecture and runtime options, and their mapping to Hugging Face `config.json`.
+
+`ModelArgs` is frozen and hashable so it can sit in a Flax module and in jit's static arguments.
+It owns validation: a bad value fails here, with the field's name, before anything is traced.
+This module never touches weights or devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import ml_collections
+
+FAMILIES = ("llama", "qwen2")
+DTYPES = ("float32", "bfloat16", "float16")
+# Projections that may carry LoRA adapters, by the names used in the parameter tree.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Llama 3's frequency-dependent RoPE scaling (`rope_type: llama3`)."""
+
+  factor: float
+  low_freq_factor: float
+  high_freq_factor: float
+  original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelArgs:
+  """Everything that fixes the shape of the network and how it computes."""
+
+  family: str
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float
+  rms_norm_eps: float
+  tie_embeddings: bool
+  qkv_bias: bool
+  max_position_embeddings: int
+  rope_scaling: RopeScaling | None = None
+  # Runtime options (not part of a checkpoint's architecture).
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"  # storage dtype of the base weights
+  lora_rank: int = 0  # 0: no adapters
+  lora_alpha: float = 0.0
+  lora_targets: tuple[str, ...] = LORA_TARGETS
+  remat: bool = False  # rematerialise each layer in the backward pass
+
+  def __post_init__(self):
+    def fail(field: str, value: Any, expected: str):
+      raise ValueError(f"model.{field}={value!r}: expected {expected}")
+
+    if self.family not in FAMILIES:
+      fail("family", self.family, f"one of {FAMILIES}")
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "max_position_embeddings"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        fail(name, value, "a positive integer")
+    if self.num_heads % self.num_kv_heads:
+      fail("num_kv_heads", self.num_kv_heads,
+           f"a divisor of num_heads={self.num_heads} (grouped-query attention)")
+    if self.head_dim % 2:
+      fail("head_dim", self.head_dim, "an even number (rotary embedding rotates pairs)")
+    if self.rope_theta <= 0:
+      fail("rope_theta", self.rope_theta, "a positive number")
+    if self.rms_norm_eps <= 0:
+      fail("rms_norm_eps", self.rms_norm_eps, "a positive number")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        fail(name, getattr(self, name), f"one of {DTYPES}")
+    if self.lora_rank < 0:
+      fail("lora.rank", self.lora_rank, "0 (off) or a positive integer")
+    if self.lora_rank and self.lora_alpha <= 0:
+      fail("lora.alpha", self.lora_alpha, "a positive number when lora.rank > 0")
+    unknown = set(self.lora_targets) - set(LORA_TARGETS)
+    if unknown:
+      fail("lora.targets", self.lora_targets, f"a subset of {LORA_TARGETS}; unknown: {sorted(unknown)}")
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+  def replace(self, **changes) -> ModelArgs:
+    return dataclasses.replace(self, **changes)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Defaults of the `model` block of an experiment config."""
+  c = ml_collections.ConfigDict()
+  # A name from jerp_jax.model.presets: the architecture, and the embedded weights if it has some.
+  c.preset = "smollm2-135m-instruct"
+  # An HF folder (config.json + safetensors) or a .gguf file. Empty: the preset's embedded weights.
+  c.path = ""
+  # Start from random weights of the preset's architecture (tests, benchmarks) instead of a file.
+  c.random_init = False
+  c.dtype = "float32"  # compute dtype: float32 on CPU, bfloat16 on accelerators
+  c.param_dtype = "float32"
+  c.max_seq_len = 2048  # prompt + generated tokens, the size of the KV cache
+  c.remat = False
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0  # the paper: 64
+  c.lora.alpha = 0.0  # the paper: 64
+  c.lora.targets = ",".join(LORA_TARGETS)
+  return c
+
+
+def runtime_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The runtime fields of ModelArgs, read from a `model` config block."""
+  targets = cfg.lora.targets
+  if isinstance(targets, str):
+    targets = tuple(t.strip() for t in targets.split(",") if t.strip())
+  return dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, lora_rank=int(cfg.lora.rank),
+              lora_alpha=float(cfg.lora.alpha), lora_targets=tuple(targets), remat=bool(cfg.remat))
+
+
+# --- Hugging Face config.json ------------------------------------------------------------------
+
+_HF_FAMILY = {"llama": "llama", "qwen2": "qwen2"}
+_HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def from_hf_config(hf: Mapping[str, Any], source: str = "config.json", **runtime) -> ModelArgs:
+  """ModelArgs from a transformers config dict (v4 `rope_scaling`/`rope_theta` or v5 `rope_parameters`)."""
+  model_type = hf.get("model_type")
+  if model_type not in _HF_FAMILY:
+    raise ValueError(f"{source}: model_type={model_type!r} is not supported; "
+                     f"expected one of {sorted(_HF_FAMILY)} (Llama 2/3, SmolLM2, Qwen2/2.5)")
+  rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+  theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  scaling = None
+  if rope_type == "llama3":
+    scaling = RopeScaling(float(rope["factor"]), float(rope["low_freq_factor"]),
+                          float(rope["high_freq_factor"]),
+                          int(rope["original_max_position_embeddings"]))
+  elif rope_type not in ("default", None):
+    raise ValueError(f"{source}: rope type {rope_type!r} is not supported; expected 'default' or 'llama3'")
+  if hf.get("use_sliding_window"):
+    raise ValueError(f"{source}: use_sliding_window=true is not supported")
+  if hf.get("attention_bias") or hf.get("mlp_bias"):
+    raise ValueError(f"{source}: attention_bias/mlp_bias=true is not supported (no Llama release uses it)")
+  heads = hf["num_attention_heads"]
+  family = _HF_FAMILY[model_type]
+  return ModelArgs(
+      family=family,
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=heads,
+      num_kv_heads=hf.get("num_key_value_heads") or heads,
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+      rope_theta=float(theta),
+      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      qkv_bias=family == "qwen2",  # Qwen2 has q/k/v bias (and no o_proj bias)
+      max_position_embeddings=hf.get("max_position_embeddings", 4096),
+      rope_scaling=scaling,
+      **runtime,
+  )
+
+
+def to_hf_config(args: ModelArgs, **extra) -> dict[str, Any]:
+  """A config.json dict that transformers (and vLLM) load as the same architecture."""
+  rope: dict[str, Any] = {"rope_type": "default", "rope_theta": args.rope_theta}
+  if args.rope_scaling is not None:
+    rope = {"rope_type": "llama3", "rope_theta": args.rope_theta,
+            **dataclasses.asdict(args.rope_scaling)}
+  hf = {
+      "architectures": [_HF_ARCH[args.family]],
+      "model_type": args.family,
+      "vocab_size": args.vocab_size,
+      "hidden_size": args.hidden_size,
+      "intermediate_size": args.intermediate_size,
+      "num_hidden_layers": args.num_layers,
+      "num_attention_heads": args.num_heads,
+      "num_key_value_heads": args.num_kv_heads,
+      "head_dim": args.head_dim,
+      "hidden_act": "silu",
+      "max_position_embeddings": args.max_position_embeddings,
+      "rms_norm_eps": args.rms_norm_eps,
+      "tie_word_embeddings": args.tie_embeddings,
+      # Both spellings: transformers 5 reads rope_parameters, 4.x and vLLM read the pair below.
+      "rope_parameters": rope,
+      "rope_theta": args.rope_theta,
+      "rope_scaling": None if args.rope_scaling is None else dict(rope),
+      "torch_dtype": args.param_dtype,
+  }
+  if args.family == "llama":
+    hf["attention_bias"] = args.qkv_bias
+    hf["mlp_bias"] = False
+  else:
+    hf["use_sliding_window"] = False
+  hf.update(extra)
+  return hf

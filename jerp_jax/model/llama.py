@@ -1,0 +1,289 @@
+"""The Flax decoder for the Llama family: Llama 2/3, Qwen2/2.5 and SmolLM2.
+
+RMSNorm, rotary embeddings (with Llama 3's scaling), grouped-query attention, SwiGLU MLP, layers
+stacked with `nn.scan` (one compiled layer body however deep the model; parameters get a leading
+`layers` axis). Optional LoRA adapters live in their own variable collection, `lora`: applying the
+model without that collection runs the frozen base weights, which is the reference model of the
+KL penalty. Every parameter and activation carries logical axis names; the mapping to the device
+mesh is `jerp_jax.parallel.mesh.LOGICAL_AXIS_RULES`.
+
+The KV cache is a plain pytree `KVCache(k, v)` of shape [layers, batch, slots, kv_heads, head_dim]
+carried through the layer scan, so each step writes only the new slots in place. This module
+knows nothing of tokenizers, files or sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from jerp_jax.model.config import ModelArgs
+from jerp_jax.parallel.mesh import constrain
+
+Array = jax.Array
+_KERNEL_INIT = nn.initializers.normal(stddev=0.02)
+# Kaiming-uniform with a=sqrt(5), the usual LoRA `A` init; `B` starts at zero so the adapted
+# model equals the base model at step 0.
+_LORA_A_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class KVCache(NamedTuple):
+  k: Array  # [layers, batch, slots, kv_heads, head_dim]
+  v: Array
+
+  @staticmethod
+  def zeros(args: ModelArgs, batch: int, slots: int, dtype: Any = None) -> KVCache:
+    shape = (args.num_layers, batch, slots, args.num_kv_heads, args.head_dim)
+    dtype = dtype or args.dtype
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+CACHE_AXES = ("layers", "cache_batch", "cache_length", "kv_heads", "head_dim")
+
+
+# --- rotary embeddings ------------------------------------------------------------------------
+
+def rope_inv_freq(args: ModelArgs) -> np.ndarray:
+  """Inverse frequencies [head_dim // 2], with Llama 3's band-wise scaling when configured."""
+  exponent = np.arange(0, args.head_dim, 2, dtype=np.int64).astype(np.float32) / args.head_dim
+  inv_freq = (1.0 / (args.rope_theta ** exponent)).astype(np.float32)
+  s = args.rope_scaling
+  if s is None:
+    return inv_freq
+  # Long wavelengths are slowed down by `factor`, short ones kept, the band between interpolated.
+  low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = np.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+  smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+      s.high_freq_factor - s.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(positions_bt: Array, inv_freq: np.ndarray) -> tuple[Array, Array]:
+  """cos and sin [B, T, head_dim], in float32, halves duplicated (the rotate-half layout)."""
+  angles = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_btnh: Array, cos: Array, sin: Array) -> Array:
+  half = x_btnh.shape[-1] // 2
+  rotated = jnp.concatenate([-x_btnh[..., half:], x_btnh[..., :half]], axis=-1)
+  cos, sin = cos[:, :, None, :].astype(x_btnh.dtype), sin[:, :, None, :].astype(x_btnh.dtype)
+  return x_btnh * cos + rotated * sin
+
+
+# --- layers -------------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+  eps: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return normed.astype(self.dtype) * scale.astype(self.dtype)
+
+
+class Proj(nn.Module):
+  """A linear map contracting the last len(in_features) dims of x; optional bias and LoRA.
+
+  The kernel is [*in_features, *out_features]. LoRA adds (x · A) · B × alpha/rank with
+  A: [*in_features, rank], B: [rank, *out_features], both in the `lora` collection.
+  """
+
+  in_features: tuple[int, ...]
+  out_features: tuple[int, ...]
+  in_axes: tuple[str, ...]
+  out_axes: tuple[str, ...]
+  dtype: Any
+  param_dtype: Any
+  use_bias: bool = False
+  lora_rank: int = 0
+  lora_scale: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    n_in = len(self.in_features)
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(_KERNEL_INIT, self.in_axes + self.out_axes),
+        self.in_features + self.out_features, self.param_dtype)
+    y = self._contract(x.astype(self.dtype), kernel.astype(self.dtype), n_in)
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
+                        self.out_features, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    if self.lora_rank and (self.is_initializing() or self.has_variable("lora", "a")):
+      a = self.variable(
+          "lora", "a", nn.with_logical_partitioning(
+              _LORA_A_INIT, self.in_axes + ("lora_rank",)),
+          self.make_rng("params") if self.is_initializing() else None,
+          self.in_features + (self.lora_rank,), jnp.float32).value
+      b = self.variable(
+          "lora", "b", nn.with_logical_partitioning(
+              nn.initializers.zeros, ("lora_rank",) + self.out_axes),
+          None, (self.lora_rank,) + self.out_features, jnp.float32).value
+      low = self._contract(x.astype(self.dtype), a.astype(self.dtype), n_in)
+      y = y + self._contract(low, b.astype(self.dtype), 1) * jnp.asarray(self.lora_scale, self.dtype)
+    return y
+
+  @staticmethod
+  def _contract(x: Array, w: Array, n: int) -> Array:
+    dims = ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ()))
+    return jax.lax.dot_general(x, w, dims)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm attention + SwiGLU block. Called under nn.scan: (carry, layer) -> (carry, None)."""
+
+  args: ModelArgs
+  mesh: Mesh | None = None
+
+  def _proj(self, name, in_f, out_f, in_axes, out_axes, use_bias=False):
+    a = self.args
+    rank = a.lora_rank if name in a.lora_targets else 0
+    return Proj(in_f, out_f, in_axes, out_axes, dtype=a.dtype, param_dtype=a.param_dtype,
+                use_bias=use_bias, lora_rank=rank, lora_scale=a.lora_scale, name=name)
+
+  @nn.compact
+  def __call__(self, carry, layer: Array, cos: Array, sin: Array, mask_bts: Array,
+               cache_index: Array | None):
+    a, mesh = self.args, self.mesh
+    x, cache = carry
+    d, n, k, h, f = a.hidden_size, a.num_heads, a.num_kv_heads, a.head_dim, a.intermediate_size
+    norm = lambda name: RMSNorm(a.rms_norm_eps, a.dtype, a.param_dtype, name=name)
+
+    # Attention.
+    y = norm("input_norm")(x)
+    q = self._proj("q_proj", (d,), (n, h), ("embed",), ("heads", "head_dim"), a.qkv_bias)(y)
+    kk = self._proj("k_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), a.qkv_bias)(y)
+    v = self._proj("v_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), a.qkv_bias)(y)
+    q = constrain(apply_rope(q, cos, sin), mesh, ("act_batch", "act_length", "act_heads", None))
+    kk = constrain(apply_rope(kk, cos, sin), mesh, ("act_batch", "act_length", "act_kv_heads", None))
+    if cache is not None:
+      # Write this step's keys/values at [layer, :, cache_index:cache_index+T] in place, then
+      # attend over the layer's whole cache (unwritten slots are masked out).
+      start = (layer, 0, cache_index, 0, 0)
+      cache = KVCache(jax.lax.dynamic_update_slice(cache.k, kk[None].astype(cache.k.dtype), start),
+                      jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start))
+      keys = jax.lax.dynamic_index_in_dim(cache.k, layer, 0, keepdims=False).astype(a.dtype)
+      values = jax.lax.dynamic_index_in_dim(cache.v, layer, 0, keepdims=False).astype(a.dtype)
+    else:
+      keys, values = kk, v
+    b, t = q.shape[:2]
+    q = q.reshape(b, t, k, n // k, h)  # grouped-query: G = n // k query heads per kv head
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, keys, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(h))
+    scores = jnp.where(mask_bts[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(a.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, n, h)
+    out = constrain(out, mesh, ("act_batch", "act_length", "act_heads", None))
+    x = x + self._proj("o_proj", (n, h), (d,), ("heads", "head_dim"), ("embed",))(out)
+    x = constrain(x, mesh, ("act_batch", "act_length", "act_embed"))
+
+    # SwiGLU MLP.
+    y = norm("post_attn_norm")(x)
+    gate = self._proj("gate_proj", (d,), (f,), ("embed",), ("mlp",))(y)
+    up = self._proj("up_proj", (d,), (f,), ("embed",), ("mlp",))(y)
+    hidden = constrain(nn.silu(gate) * up, mesh, ("act_batch", "act_length", "act_mlp"))
+    x = x + self._proj("down_proj", (f,), (d,), ("mlp",), ("embed",))(hidden)
+    x = constrain(x, mesh, ("act_batch", "act_length", "act_embed"))
+    return (x, cache), None
+
+
+class Decoder(nn.Module):
+  """tokens [B, T] -> logits [B, T, V] (float32), optionally through a KV cache.
+
+  Without a cache, `mask_bt` marks real (non-padding) tokens and attention is causal over the
+  given sequence. With a cache, the T new tokens go to slots [cache_index, cache_index + T) and
+  `mask_bt` is [B, slots]: which cache slots hold real tokens (including the new ones).
+  `positions_bt` are the rotary positions (left padding makes them differ from slot indices).
+  Returns (logits [B, T, V] float32, or [B, 1, V] with last_only, or the final normed hidden
+  states with return_hidden; the updated cache or None).
+  """
+
+  args: ModelArgs
+  mesh: Mesh | None = None
+
+  @nn.compact
+  def __call__(self, tokens_bt: Array, positions_bt: Array, mask_bt: Array | None = None,
+               cache: KVCache | None = None, cache_index: Array | None = None,
+               return_hidden: bool = False, last_only: bool = False):
+    a, mesh = self.args, self.mesh
+    b, t = tokens_bt.shape
+    embedding = self.param("embedding", nn.with_logical_partitioning(_KERNEL_INIT, ("vocab", "embed")),
+                           (a.vocab_size, a.hidden_size), a.param_dtype)
+    x = jnp.take(embedding, tokens_bt, axis=0).astype(a.dtype)
+    x = constrain(x, mesh, ("act_batch", "act_length", "act_embed"))
+
+    if cache is None:
+      query_slots = jnp.arange(t)
+      key_slots = jnp.arange(t)
+      key_valid = jnp.ones((b, t), bool) if mask_bt is None else mask_bt.astype(bool)
+      cache_index = None
+    else:
+      if mask_bt is None or cache_index is None:
+        raise ValueError("a KV cache needs mask_bt (valid slots) and cache_index")
+      query_slots = cache_index + jnp.arange(t)
+      key_slots = jnp.arange(cache.k.shape[2])
+      key_valid = mask_bt.astype(bool)
+      cache_index = jnp.asarray(cache_index, jnp.int32)
+    mask_bts = (key_slots[None, None, :] <= query_slots[None, :, None]) & key_valid[:, None, :]
+    cos, sin = rope_cos_sin(positions_bt, rope_inv_freq(a))
+
+    layer_cls = DecoderLayer
+    if a.remat:
+      layer_cls = nn.remat(layer_cls, prevent_cse=False, static_argnums=())
+    stack = nn.scan(
+        layer_cls,
+        variable_axes={"params": 0, "lora": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=a.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(a, mesh, name="layers")
+    (x, cache), _ = stack((x, cache), jnp.arange(a.num_layers), cos, sin, mask_bts, cache_index)
+
+    if last_only:  # prefill needs only the next-token logits: skip [B, T, vocab]
+      x = x[:, -1:]
+    x = RMSNorm(a.rms_norm_eps, a.dtype, a.param_dtype, name="final_norm")(x)
+    if return_hidden:
+      return x, cache
+    if a.tie_embeddings:
+      logits = jnp.einsum("btd,vd->btv", x, embedding.astype(a.dtype),
+                          preferred_element_type=jnp.float32)
+    else:
+      head = self.param("lm_head", nn.with_logical_partitioning(_KERNEL_INIT, ("embed", "vocab")),
+                        (a.hidden_size, a.vocab_size), a.param_dtype)
+      logits = jnp.einsum("btd,dv->btv", x, head.astype(a.dtype), preferred_element_type=jnp.float32)
+    logits = constrain(logits.astype(jnp.float32), mesh, ("act_batch", "act_length", "act_vocab"))
+    return logits, cache
+
+
+def positions_from_mask(mask_bt: Array) -> Array:
+  """Rotary positions for left-padded rows: 0 at the first real token, pads clipped to 0."""
+  return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def init_abstract(args: ModelArgs, mesh: Mesh | None = None) -> Any:
+  """Shapes and logical axes of every variable (params and, with LoRA, lora), without memory."""
+  model = Decoder(args, mesh)
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens))
+
+
+def count_params(tree: Any) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))

@@ -1,0 +1,285 @@
+"""Tokenizers for jerp_jax: load one from a Hugging Face folder or from a GGUF file's metadata.
+
+This module owns turning text (and chat messages) into token ids and back, and knowing which ids
+end generation (`eos_ids`), pad, and begin a sequence. It never imports torch, directly or through
+transformers:
+
+* an HF folder (tokenizer.json / tokenizer_config.json, ...) is loaded with
+  `transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)`;
+* a `.gguf` file is read here: `_read_gguf_metadata` walks only the GGUF key/value section (the
+  tensor table and tensor data are never touched), the `tokenizer.*` fields are put into the dict
+  that `transformers.integrations.gguf.gguf_tokenizer_mapping.convert_gguf_tokenizer` (torch-free)
+  turns into a `tokenizers` backend, and that is wrapped in a `PreTrainedTokenizerFast` with the
+  file's special tokens, add-BOS/EOS flags and chat template. transformers' own
+  `AutoTokenizer.from_pretrained(..., gguf_file=...)` is not used because its GGUF reader imports
+  torch. `tests/fixtures/tokenizer_reference.json` pins our result to that path's output.
+
+`gguf.GGUFReader` would also read the metadata, but it wraps every string of the vocabulary and
+merge table in numpy memmap views (~2.6 s for a 49k vocabulary); the reader here uses only the
+`gguf` package's constants and takes a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import mmap
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import gguf
+import numpy as np
+import transformers
+
+__all__ = ["Tokenizer", "load_tokenizer"]
+
+# Files any one of which makes a folder a Hugging Face tokenizer folder.
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+# Tokens that close a chat turn. Added to `eos_ids` when the chat template writes them and the
+# vocabulary has them, since a model stops its reply with those, not always with its `eos_token`.
+_TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+    """A loaded tokenizer and the ids generation needs.
+
+    hf: the underlying fast tokenizer.
+    eos_ids: every id that ends generation (the tokenizer's eos, then any from generation_config.json,
+        then end-of-turn tokens the chat template writes, e.g. `<|im_end|>`), without repeats.
+    pad_id: the pad id; the first eos id when the tokenizer has no pad token.
+    bos_id: the bos id, or None.
+    source: the folder or .gguf file this was loaded from.
+    """
+
+    hf: transformers.PreTrainedTokenizerBase
+    eos_ids: tuple[int, ...]
+    pad_id: int
+    bos_id: int | None
+    source: str
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`. With `add_special_tokens`, BOS/EOS are added as the tokenizer's flags say."""
+        return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, ids: Iterable[int] | np.ndarray, skip_special_tokens: bool = False) -> str:
+        """Text of `ids` (a list, tuple, or numpy/JAX integer array)."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        """The chat template rendered over `messages` (dicts with "role" and "content"), as text."""
+        if not self.hf.chat_template:
+            raise ValueError(f"The tokenizer loaded from {self.source} has no chat template.")
+        text = self.hf.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        assert isinstance(text, str)
+        return text
+
+    def encode_chat(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Ids of the templated text. No special tokens are added: the template already writes them."""
+        text = self.apply_chat_template(messages, add_generation_prompt)
+        return self.encode(text, add_special_tokens=False)
+
+    @property
+    def vocab_size(self) -> int:
+        """How many ids the tokenizer can produce, added tokens included.
+
+        A model's embedding table may have more rows (padded vocabularies)."""
+        return len(self.hf)
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
+    """Load the tokenizer of an HF model folder or of a .gguf file."""
+    source = os.fspath(path)
+    if os.path.isdir(source):
+        return _load_hf_folder(source)
+    if os.path.isfile(source):
+        return _load_gguf(source)
+    raise FileNotFoundError(
+        f"No tokenizer at {source!r}: expected a Hugging Face model folder with tokenizer.json "
+        "(or tokenizer_config.json) or a .gguf file."
+    )
+
+
+# --- Hugging Face folder -------------------------------------------------------------------------
+
+
+def _load_hf_folder(folder: str) -> Tokenizer:
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in _HF_TOKENIZER_FILES):
+        ggufs = sorted(name for name in os.listdir(folder) if name.endswith(".gguf"))
+        hint = f" It holds {', '.join(ggufs)}: pass the .gguf file's path instead." if ggufs else ""
+        expected = ", ".join(_HF_TOKENIZER_FILES)
+        raise FileNotFoundError(
+            f"The folder {folder!r} has no tokenizer files (expected one of {expected}).{hint}"
+        )
+    hf = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    extra_eos: list[int] = []
+    generation_config = os.path.join(folder, "generation_config.json")
+    if os.path.isfile(generation_config):
+        with open(generation_config, encoding="utf-8") as f:
+            eos = json.load(f).get("eos_token_id")
+        if eos is not None:
+            extra_eos = [int(i) for i in (eos if isinstance(eos, list) else [eos])]
+    return _wrap(hf, folder, extra_eos)
+
+
+def _wrap(
+    hf: transformers.PreTrainedTokenizerBase, source: str, extra_eos: Sequence[int] = ()
+) -> Tokenizer:
+    """A `Tokenizer` around `hf`, with eos/pad/bos ids gathered as `Tokenizer` documents."""
+    eos: list[int] = []
+    candidates: list[int | None] = [hf.eos_token_id, *extra_eos]
+    template = hf.chat_template if isinstance(hf.chat_template, str) else ""
+    vocab = hf.get_vocab()
+    candidates += [vocab.get(token) for token in _TURN_END_TOKENS if token in template]
+    for token_id in candidates:
+        if token_id is not None and token_id not in eos:
+            eos.append(int(token_id))
+    if not eos:
+        raise ValueError(
+            f"The tokenizer loaded from {source} has no eos token and no generation_config.json eos ids."
+        )
+    pad_id = hf.pad_token_id if hf.pad_token_id is not None else eos[0]
+    return Tokenizer(
+        hf=hf, eos_ids=tuple(eos), pad_id=int(pad_id), bos_id=hf.bos_token_id, source=source
+    )
+
+
+# --- GGUF ----------------------------------------------------------------------------------------
+
+_T = gguf.GGUFValueType
+_SCALAR_FORMAT = {
+    _T.UINT8: "B", _T.INT8: "b", _T.UINT16: "H", _T.INT16: "h", _T.UINT32: "I", _T.INT32: "i",
+    _T.FLOAT32: "f", _T.BOOL: "?", _T.UINT64: "Q", _T.INT64: "q", _T.FLOAT64: "d",
+}  # fmt: skip
+_SCALAR_DTYPE = {
+    _T.UINT8: "u1", _T.INT8: "i1", _T.UINT16: "u2", _T.INT16: "i2", _T.UINT32: "u4", _T.INT32: "i4",
+    _T.FLOAT32: "f4", _T.BOOL: "?", _T.UINT64: "u8", _T.INT64: "i8", _T.FLOAT64: "f8",
+}  # fmt: skip
+
+
+def _read_gguf_metadata(
+    path: str, prefixes: tuple[str, ...] = ("tokenizer.", "general.architecture")
+) -> dict[str, Any]:
+    """The GGUF metadata values whose keys start with one of `prefixes`; other values are skipped over.
+
+    Arrays come back as lists. Only the key/value section at the start of the file is read.
+    """
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as blob:
+        if len(blob) < 24 or struct.unpack_from("<I", blob, 0)[0] != gguf.GGUF_MAGIC:
+            raise ValueError(
+                f"{path} is not a GGUF file (no GGUF magic bytes); expected a Hugging Face model folder "
+                "with tokenizer.json or a .gguf file."
+            )
+        # As in gguf.GGUFReader: a version with an empty low half was written in the other byte order.
+        order = "<" if struct.unpack_from("<I", blob, 4)[0] & 0xFFFF else ">"
+        version, _tensor_count, kv_count = struct.unpack_from(order + "IQQ", blob, 4)
+        if version < 2:
+            raise ValueError(f"{path} is GGUF v{version}; only v2 and later are supported.")
+        reader = _KVReader(blob, order, 24)
+        metadata: dict[str, Any] = {}
+        for _ in range(kv_count):
+            key = reader.string()
+            (value_type,) = reader.unpack("I")
+            wanted = key.startswith(prefixes)
+            value = reader.value(value_type, keep=wanted)
+            if wanted:
+                metadata[key] = value
+        return metadata
+
+
+class _KVReader:
+    """Walks GGUF key/value entries in a buffer, from a position."""
+
+    def __init__(self, blob: mmap.mmap, order: str, pos: int):
+        self.blob, self.order, self.pos = blob, order, pos
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        values = struct.unpack_from(self.order + fmt, self.blob, self.pos)
+        self.pos += struct.calcsize(self.order + fmt)
+        return values
+
+    def string(self) -> str:
+        (length,) = self.unpack("Q")
+        start, self.pos = self.pos, self.pos + length
+        return self.blob[start : self.pos].decode("utf-8")
+
+    def value(self, value_type: int, keep: bool) -> Any:
+        if value_type in _SCALAR_FORMAT:
+            return self.unpack(_SCALAR_FORMAT[value_type])[0]
+        if value_type == _T.STRING:
+            return self.string()
+        if value_type != _T.ARRAY:
+            raise ValueError(f"unknown GGUF value type {value_type} at byte {self.pos}")
+        element_type, count = self.unpack("IQ")
+        if element_type in _SCALAR_DTYPE:
+            dtype = np.dtype(_SCALAR_DTYPE[element_type]).newbyteorder(self.order)
+            start, self.pos = self.pos, self.pos + count * dtype.itemsize
+            return np.frombuffer(self.blob, dtype, count, start).tolist() if keep else None
+        if element_type == _T.STRING:
+            if keep:
+                return [self.string() for _ in range(count)]
+            q = self.order + "Q"
+            for _ in range(count):
+                self.pos += 8 + struct.unpack_from(q, self.blob, self.pos)[0]
+            return None
+        return [self.value(element_type, keep) for _ in range(count)]  # arrays of arrays
+
+
+def _load_gguf(path: str) -> Tokenizer:
+    # Imported here: importing the submodule directly skips the package's torch-importing GGUF reader.
+    from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping
+
+    meta = _read_gguf_metadata(path)
+    keys = gguf.Keys.Tokenizer
+    tokenizer_type = meta.get(keys.MODEL)
+    if tokenizer_type is None or keys.LIST not in meta:
+        raise ValueError(f"{path} has no tokenizer in its metadata (no {keys.MODEL} / {keys.LIST}).")
+    architecture = meta.get("general.architecture", "")
+    try:
+        mapping.select_tokenizer_builder(architecture, tokenizer_type)
+    except ValueError as e:
+        raise ValueError(
+            f"{path}: cannot build a tokenizer for GGUF tokenizer model {tokenizer_type!r} "
+            f"(architecture {architecture!r}): {e}"
+        ) from None
+
+    # The dict transformers' converter reads, under its names, with what the file has.
+    renames = {
+        keys.MODEL: "tokenizer_type", keys.PRE: "pre_tokenizer_type", keys.LIST: "tokens",
+        keys.SCORES: "scores", keys.TOKEN_TYPE: "token_type", keys.MERGES: "merges",
+        keys.PRECOMPILED_CHARSMAP: "precompiled_charsmap", keys.BOS_ID: "bos_token_id",
+        keys.EOS_ID: "eos_token_id", keys.UNK_ID: "unk_token_id", keys.PAD_ID: "pad_token_id",
+        keys.ADD_PREFIX: "add_prefix_space",
+    }  # fmt: skip
+    tokenizer_dict = {name: meta[key] for key, name in renames.items() if key in meta}
+    backend, _ = mapping.convert_gguf_tokenizer(architecture, tokenizer_dict)
+
+    tokens = tokenizer_dict["tokens"]
+    special_ids = {"bos": keys.BOS_ID, "eos": keys.EOS_ID, "unk": keys.UNK_ID, "pad": keys.PAD_ID}
+    special = {f"{name}_token": tokens[meta[key]] if key in meta else None for name, key in special_ids.items()}
+    flag_keys = {"add_bos_token": keys.ADD_BOS, "add_eos_token": keys.ADD_EOS}
+    flags: dict[str, Any] = {name: meta[key] for name, key in flag_keys.items() if key in meta}
+    if tokenizer_type == "llama":
+        flags.setdefault("add_bos_token", True)  # llama.cpp's default for sentencepiece vocabularies
+    elif tokenizer_type == "gemma4":
+        flags["add_bos_token"] = False  # its chat template writes <bos> itself
+    if keys.CHAT_TEMPLATE in meta:
+        flags["chat_template"] = meta[keys.CHAT_TEMPLATE]
+
+    hf = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, name_or_path=path, **special, **flags
+    )
+    extra_eos = [meta[key] for key in (keys.EOT_ID, keys.EOM_ID) if key in meta]
+    return _wrap(hf, path, extra_eos)
+

@@ -1,0 +1,372 @@
+"""Weight import and export as data: one table from checkpoint tensor names to our parameters.
+
+`HF_TABLE` maps Hugging Face tensor names to paths in our variable tree with a layout transform;
+`GGUF_NAMES` maps llama.cpp's names to the Hugging Face ones, so a GGUF file is read as if it were
+an HF checkpoint (after dequantising and undoing llama.cpp's rotary permutation of q and k).
+A new model family is mostly a new table.
+
+Loading is tensor by tensor: each is read from its file (safetensors are memory-mapped), put into
+our layout on the host once, and handed to `jax.make_array_from_callback`, which gives each
+device only its own shard. Peak host memory is one stacked parameter, never a model per device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_dtypes
+import numpy as np
+from absl import logging
+from flax import linen as nn
+from flax import traverse_util
+
+from jerp_jax.model import config as config_lib
+from jerp_jax.model.config import ModelArgs
+
+# --- the tables ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """One checkpoint tensor (per layer when `hf` contains `{i}`) <-> one of our parameters.
+
+  kind: 'copy'   same shape both sides (embeddings, norms)
+        'flat'   HF keeps a flat vector that we split by heads (q/k/v biases)
+        'linear' HF [out, in] <-> ours [*in, *out]; `in_dims` leading dims of ours are the input
+  """
+
+  hf: str
+  ours: str
+  kind: str
+  in_dims: int = 1
+
+  def to_ours(self, w: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if self.kind == "linear":
+      w = w.T
+    return w.reshape(shape)
+
+  def to_hf(self, w: np.ndarray) -> np.ndarray:
+    if self.kind == "flat":
+      return w.reshape(-1)
+    if self.kind == "linear":
+      n_in = int(np.prod(w.shape[:self.in_dims]))
+      return w.reshape(n_in, -1).T
+    return w
+
+
+_L = "model.layers.{i}."
+HF_TABLE: tuple[Rule, ...] = (
+    Rule("model.embed_tokens.weight", "params/embedding", "copy"),
+    Rule("model.norm.weight", "params/final_norm/scale", "copy"),
+    Rule("lm_head.weight", "params/lm_head", "linear"),  # absent when embeddings are tied
+    Rule(_L + "input_layernorm.weight", "params/layers/input_norm/scale", "copy"),
+    Rule(_L + "post_attention_layernorm.weight", "params/layers/post_attn_norm/scale", "copy"),
+    Rule(_L + "self_attn.q_proj.weight", "params/layers/q_proj/kernel", "linear"),
+    Rule(_L + "self_attn.k_proj.weight", "params/layers/k_proj/kernel", "linear"),
+    Rule(_L + "self_attn.v_proj.weight", "params/layers/v_proj/kernel", "linear"),
+    Rule(_L + "self_attn.q_proj.bias", "params/layers/q_proj/bias", "flat"),
+    Rule(_L + "self_attn.k_proj.bias", "params/layers/k_proj/bias", "flat"),
+    Rule(_L + "self_attn.v_proj.bias", "params/layers/v_proj/bias", "flat"),
+    Rule(_L + "self_attn.o_proj.weight", "params/layers/o_proj/kernel", "linear", in_dims=2),
+    Rule(_L + "mlp.gate_proj.weight", "params/layers/gate_proj/kernel", "linear"),
+    Rule(_L + "mlp.up_proj.weight", "params/layers/up_proj/kernel", "linear"),
+    Rule(_L + "mlp.down_proj.weight", "params/layers/down_proj/kernel", "linear"),
+)
+
+# llama.cpp name -> HF name. `{i}` is the layer.
+GGUF_NAMES: tuple[tuple[str, str], ...] = (
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+    ("blk.{i}.attn_norm.weight", _L + "input_layernorm.weight"),
+    ("blk.{i}.ffn_norm.weight", _L + "post_attention_layernorm.weight"),
+    ("blk.{i}.attn_q.weight", _L + "self_attn.q_proj.weight"),
+    ("blk.{i}.attn_k.weight", _L + "self_attn.k_proj.weight"),
+    ("blk.{i}.attn_v.weight", _L + "self_attn.v_proj.weight"),
+    ("blk.{i}.attn_q.bias", _L + "self_attn.q_proj.bias"),
+    ("blk.{i}.attn_k.bias", _L + "self_attn.k_proj.bias"),
+    ("blk.{i}.attn_v.bias", _L + "self_attn.v_proj.bias"),
+    ("blk.{i}.attn_output.weight", _L + "self_attn.o_proj.weight"),
+    ("blk.{i}.ffn_gate.weight", _L + "mlp.gate_proj.weight"),
+    ("blk.{i}.ffn_up.weight", _L + "mlp.up_proj.weight"),
+    ("blk.{i}.ffn_down.weight", _L + "mlp.down_proj.weight"),
+)
+GGUF_ARCHITECTURES = ("llama", "qwen2")
+
+
+def _pattern(template: str) -> re.Pattern:
+  return re.compile(re.escape(template).replace(re.escape("{i}"), r"(\d+)") + "$")
+
+
+def np_dtype(name: str) -> Any:
+  return ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
+
+
+# --- tensor sources: HF-named tensors from a folder or a GGUF file ------------------------------
+
+
+class SafetensorsSource:
+  """HF-named tensors of a folder with model.safetensors or a sharded index."""
+
+  def __init__(self, folder: str):
+    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+    self.path = folder
+    index = os.path.join(folder, "model.safetensors.index.json")
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.exists(index):
+      with open(index) as f:
+        weight_map = json.load(f)["weight_map"]
+    elif os.path.exists(single):
+      weight_map = None
+    else:
+      raise FileNotFoundError(
+          f"{folder}: no model.safetensors or model.safetensors.index.json "
+          "(expected a Hugging Face model folder saved with safetensors)")
+    files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
+    self._handles = {}
+    self._where: dict[str, str] = {}
+    for name in files:
+      path = os.path.join(folder, name)
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"{index}: lists shard {name!r}, which is missing in {folder}")
+      handle = safe_open(path, framework="np")
+      self._handles[name] = handle
+      for key in handle.keys():
+        self._where[key] = name
+
+  def names(self) -> set[str]:
+    return set(self._where)
+
+  def get(self, name: str) -> np.ndarray:
+    return self._handles[self._where[name]].get_tensor(name)
+
+
+def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
+  """Undo llama.cpp's reordering of q/k rows (interleaved pairs -> rotate-half halves)."""
+  rows = w.shape[0]
+  return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def permute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
+  """llama.cpp's convert-time permutation (the inverse of `unpermute_rotary`)."""
+  rows = w.shape[0]
+  return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+class GGUFSource:
+  """HF-named, dequantised float32 tensors of a GGUF file, plus its metadata."""
+
+  def __init__(self, path: str):
+    import gguf  # pylint: disable=import-outside-toplevel
+    self.path = path
+    try:
+      self.reader = gguf.GGUFReader(path)
+    except Exception as e:  # a truncated or foreign file
+      raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+    self.meta = {k: _field_value(f) for k, f in self.reader.fields.items()
+                 if not k.startswith("tokenizer.ggml.")}
+    arch = self.meta.get("general.architecture")
+    if arch not in GGUF_ARCHITECTURES:
+      raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; "
+                       f"expected one of {GGUF_ARCHITECTURES}")
+    self.arch = arch
+    self._tensors = {t.name: t for t in self.reader.tensors}
+    self._hf_to_gguf: dict[str, str] = {}
+    for gguf_name in self._tensors:
+      for g_tmpl, hf_tmpl in GGUF_NAMES:
+        m = _pattern(g_tmpl).match(gguf_name)
+        if m:
+          self._hf_to_gguf[hf_tmpl.format(i=m.group(1)) if m.groups() else hf_tmpl] = gguf_name
+          break
+
+  def model_args(self, **runtime) -> ModelArgs:
+    a, m = self.arch, self.meta
+    def get(key, default=None):
+      value = m.get(f"{a}.{key}", default)
+      if value is None:
+        raise ValueError(f"{self.path}: GGUF metadata lacks {a}.{key}")
+      return value
+    heads = int(get("attention.head_count"))
+    hidden = int(get("embedding_length"))
+    vocab = m.get(f"{a}.vocab_size") or self._tensors["token_embd.weight"].shape[-1]
+    return ModelArgs(
+        family=a, vocab_size=int(vocab), hidden_size=hidden,
+        intermediate_size=int(get("feed_forward_length")), num_layers=int(get("block_count")),
+        num_heads=heads, num_kv_heads=int(get("attention.head_count_kv", heads)),
+        head_dim=int(m.get(f"{a}.rope.dimension_count") or hidden // heads),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+        tie_embeddings="output.weight" not in self._tensors, qkv_bias=a == "qwen2",
+        max_position_embeddings=int(get("context_length", 4096)), **runtime)
+
+  def names(self) -> set[str]:
+    return set(self._hf_to_gguf)
+
+  def get(self, name: str) -> np.ndarray:
+    from gguf import quants  # pylint: disable=import-outside-toplevel
+    tensor = self._tensors[self._hf_to_gguf[name]]
+    w = np.asarray(quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+    if self.arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+      key = "attention.head_count" if "q_proj" in name else "attention.head_count_kv"
+      w = unpermute_rotary(w, int(self.meta[f"llama.{key}"]))
+    return w
+
+
+def _field_value(field) -> Any:
+  try:
+    return field.contents()
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def open_source(path: str) -> SafetensorsSource | GGUFSource:
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"model.path={path!r} does not exist; expected a Hugging Face model folder "
+        "(config.json + safetensors) or a .gguf file")
+  if os.path.isdir(path):
+    if not os.path.exists(os.path.join(path, "config.json")):
+      raise FileNotFoundError(f"model.path={path!r}: no config.json in the folder; expected a "
+                              "Hugging Face model folder (config.json + safetensors)")
+    return SafetensorsSource(path)
+  if path.endswith(".gguf"):
+    return GGUFSource(path)
+  raise ValueError(f"model.path={path!r}: expected a folder or a file ending in .gguf")
+
+
+def read_model_args(path: str, **runtime) -> ModelArgs:
+  """The architecture stored with a checkpoint (config.json or GGUF metadata)."""
+  if os.path.isdir(path):
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+      raise FileNotFoundError(f"model.path={path!r}: no config.json in the folder")
+    with open(cfg_path) as f:
+      return config_lib.from_hf_config(json.load(f), source=cfg_path, **runtime)
+  source = open_source(path)
+  assert isinstance(source, GGUFSource)
+  return source.model_args(**runtime)
+
+
+# --- import -------------------------------------------------------------------------------------
+
+
+def _expand(rule: Rule, num_layers: int) -> Iterator[tuple[int | None, str]]:
+  if "{i}" in rule.hf:
+    for i in range(num_layers):
+      yield i, rule.hf.format(i=i)
+  else:
+    yield None, rule.hf
+
+
+def load_params(source, args: ModelArgs, abstract_params: dict, shardings: dict,
+                progress: Callable[[str], None] | None = None) -> dict:
+  """Our `params` tree, sharded, from an HF-named tensor source.
+
+  abstract_params/shardings: flat dicts path -> ShapeDtypeStruct / Sharding for the `params`
+  collection (paths like 'params/layers/q_proj/kernel').
+  """
+  available = source.names()
+  by_path = {r.ours: r for r in HF_TABLE}
+  out = {}
+  used = set()
+  for path, leaf in abstract_params.items():
+    rule = by_path.get(path)
+    if rule is None:
+      raise KeyError(f"no weight-table rule for parameter {path}")
+    stacked = "{i}" in rule.hf
+    shape = tuple(leaf.shape[1:]) if stacked else tuple(leaf.shape)
+    parts = []
+    for _, name in _expand(rule, args.num_layers):
+      if name not in available:
+        raise KeyError(f"{source.path}: tensor {name!r} is missing (needed for {path})")
+      w = source.get(name)
+      if w.size != int(np.prod(shape)):
+        raise ValueError(f"{source.path}: tensor {name!r} has shape {w.shape}; {path} needs "
+                         f"{int(np.prod(shape))} elements as {shape} (does config match weights?)")
+      parts.append(rule.to_ours(w, shape).astype(np_dtype(args.param_dtype)))
+      used.add(name)
+    host = np.stack(parts) if stacked else parts[0]
+    out[path] = jax.make_array_from_callback(host.shape, shardings[path], lambda idx, h=host: h[idx])
+    if progress:
+      progress(path)
+  unused = available - used
+  if unused:
+    logging.info("%s: %d checkpoint tensors not used (e.g. %s)", source.path, len(unused),
+                 sorted(unused)[:3])
+  return out
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def merge_lora(args: ModelArgs, variables: dict) -> dict:
+  """The `params` tree with every adapter folded in: W + A·B·alpha/rank (host float32)."""
+  params = traverse_util.flatten_dict(nn.unbox(variables["params"]), sep="/")
+  lora = traverse_util.flatten_dict(nn.unbox(variables.get("lora", {})), sep="/")
+  merged = {k: np.asarray(v, np.float32) for k, v in params.items()}
+  for key in lora:
+    if not key.endswith("/a"):
+      continue
+    module = key[:-2]
+    a = np.asarray(lora[key], np.float32)  # [L, *in, r]
+    b = np.asarray(lora[module + "/b"], np.float32)  # [L, r, *out]
+    a2 = a.reshape(a.shape[0], -1, a.shape[-1])
+    b2 = b.reshape(b.shape[0], b.shape[1], -1)
+    kernel = merged[module + "/kernel"]
+    merged[module + "/kernel"] = kernel + (a2 @ b2).reshape(kernel.shape) * args.lora_scale
+  return merged
+
+
+def export_hf(args: ModelArgs, variables: dict, out_dir: str, dtype: str | None = None,
+              tokenizer=None, max_shard_bytes: int = 2 << 30) -> str:
+  """Writes an HF folder (config.json + safetensors, sharded past max_shard_bytes), LoRA merged."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  dtype = dtype or args.param_dtype
+  os.makedirs(out_dir, exist_ok=True)
+  params = merge_lora(args, variables)
+  by_path = {r.ours: r for r in HF_TABLE}
+  tensors: dict[str, np.ndarray] = {}
+  for path, value in params.items():
+    rule = by_path[f"params/{path}"]
+    if "{i}" in rule.hf:
+      for i in range(args.num_layers):
+        tensors[rule.hf.format(i=i)] = np.ascontiguousarray(rule.to_hf(value[i]))
+    else:
+      tensors[rule.hf] = np.ascontiguousarray(rule.to_hf(value))
+  tensors = {k: v.astype(np_dtype(dtype)) for k, v in tensors.items()}
+
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for name in sorted(tensors):
+    if size and size + tensors[name].nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][name] = tensors[name]
+    size += tensors[name].nbytes
+  if len(shards) == 1:
+    save_file(shards[0], os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+  else:
+    weight_map = {}
+    for n, shard in enumerate(shards, 1):
+      fname = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+      save_file(shard, os.path.join(out_dir, fname), metadata={"format": "pt"})
+      weight_map.update({k: fname for k in shard})
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+      json.dump({"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+                 "weight_map": weight_map}, f, indent=2)
+  hf_cfg = config_lib.to_hf_config(args.replace(param_dtype=dtype))
+  if tokenizer is not None:
+    hf_cfg.update(bos_token_id=tokenizer.bos_id, eos_token_id=list(tokenizer.eos_ids)[0],
+                  pad_token_id=tokenizer.pad_id)
+    tokenizer.hf.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+      json.dump({"eos_token_id": list(tokenizer.eos_ids), "pad_token_id": tokenizer.pad_id,
+                 "bos_token_id": tokenizer.bos_id}, f, indent=2)
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(hf_cfg, f, indent=2)
+  return out_dir
