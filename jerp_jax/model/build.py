@@ -74,8 +74,18 @@ def _flat(tree) -> dict[str, Any]:
   return traverse_util.flatten_dict(tree, sep="/")
 
 
-def build(cfg: ml_collections.ConfigDict, mesh: Mesh, seed: int = 0) -> LoadedModel:
+def _tokenizer(path: str, required: bool):
   from jerp_jax.model import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  try:
+    return tokenizer_lib.load_tokenizer(path)
+  except FileNotFoundError:
+    if required:
+      raise
+    logging.warning("%s has no tokenizer files: set model.tokenizer to generate text", path)
+    return None
+
+
+def build(cfg: ml_collections.ConfigDict, mesh: Mesh, seed: int = 0) -> LoadedModel:
   args, path = model_args(cfg)
   check_mesh(args, mesh)
   model = llama.Decoder(args, mesh)
@@ -100,12 +110,16 @@ def build(cfg: ml_collections.ConfigDict, mesh: Mesh, seed: int = 0) -> LoadedMo
         {k[len("params/"):]: v for k, v in loaded.items()}, sep="/")}
     if "lora" in abstract:
       variables.update(init(["lora"]))
-    tokenizer = tokenizer_lib.load_tokenizer(path)
+    tokenizer = _tokenizer(cfg.tokenizer or path, required=bool(cfg.tokenizer))
   else:
     variables = init(list(abstract))
-    embedded = presets.embedded_path("smollm2-135m-instruct")
     # Random models with SmolLM2's vocabulary (the `tiny` preset) borrow its tokenizer.
-    tokenizer = tokenizer_lib.load_tokenizer(embedded) if args.vocab_size == 49152 else None
+    if cfg.tokenizer:
+      tokenizer = _tokenizer(cfg.tokenizer, required=True)
+    elif args.vocab_size == 49152:
+      tokenizer = _tokenizer(presets.embedded_path("smollm2-135m-instruct"), required=True)
+    else:
+      tokenizer = None
   logging.info("model %s from %s: %.1fM parameters in %.1fs", cfg.preset, path or "random init",
                llama.count_params(variables["params"]) / 1e6, time.time() - start)
   return LoadedModel(args, model, variables, shardings, tokenizer, mesh, path or "random init")

@@ -100,6 +100,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.preset = "smollm2-135m-instruct"
   # An HF folder (config.json + safetensors) or a .gguf file. Empty: the preset's embedded weights.
   c.path = ""
+  # Where the tokenizer comes from when not beside the weights (an HF folder or a .gguf file).
+  c.tokenizer = ""
   # Start from random weights of the preset's architecture (tests, benchmarks) instead of a file.
   c.random_init = False
   c.dtype = "float32"  # compute dtype: float32 on CPU, bfloat16 on accelerators

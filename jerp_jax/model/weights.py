@@ -176,6 +176,11 @@ class GGUFSource:
                        f"expected one of {GGUF_ARCHITECTURES}")
     self.arch = arch
     self._tensors = {t.name: t for t in self.reader.tensors}
+    if "rope_freqs.weight" in self._tensors or self.meta.get(f"{arch}.rope.scaling.type") not in (
+        None, "none"):
+      # llama.cpp stores Llama 3 / YaRN scaling as per-dimension factors we do not map yet.
+      raise ValueError(f"{path}: GGUF with RoPE scaling (Llama 3.1+/YaRN) is not supported; "
+                       "load the model's Hugging Face folder instead")
     self._hf_to_gguf: dict[str, str] = {}
     for gguf_name in self._tensors:
       for g_tmpl, hf_tmpl in GGUF_NAMES:
@@ -191,6 +196,8 @@ class GGUFSource:
       if value is None:
         raise ValueError(f"{self.path}: GGUF metadata lacks {a}.{key}")
       return value
+    # GGUF stores float32: take the shortest decimal that rounds to it (1e-05, not 9.99999974e-06).
+    f32 = lambda v: float(str(np.float32(v)))
     heads = int(get("attention.head_count"))
     hidden = int(get("embedding_length"))
     vocab = m.get(f"{a}.vocab_size") or self._tensors["token_embd.weight"].shape[-1]
@@ -199,8 +206,8 @@ class GGUFSource:
         intermediate_size=int(get("feed_forward_length")), num_layers=int(get("block_count")),
         num_heads=heads, num_kv_heads=int(get("attention.head_count_kv", heads)),
         head_dim=int(m.get(f"{a}.rope.dimension_count") or hidden // heads),
-        rope_theta=float(get("rope.freq_base", 10000.0)),
-        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+        rope_theta=f32(get("rope.freq_base", 10000.0)),
+        rms_norm_eps=f32(get("attention.layer_norm_rms_epsilon")),
         tie_embeddings="output.weight" not in self._tensors, qkv_bias=a == "qwen2",
         max_position_embeddings=int(get("context_length", 4096)), **runtime)
 

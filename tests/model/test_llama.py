@@ -1,0 +1,155 @@
+"""Our decoder against transformers' PyTorch implementation (fixtures), and LoRA semantics."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from jerp_jax.model import build, config as model_config, llama, presets, weights
+from tests.conftest import FIXTURES, one_device_mesh
+
+HF = os.path.join(FIXTURES, "hf")
+NAMES = ("tiny_llama3", "tiny_qwen2", "tiny_smollm2")
+
+
+@pytest.fixture(scope="module")
+def reference():
+  return np.load(os.path.join(HF, "reference_logits.npz"))
+
+
+def load(name, **overrides):
+  cfg = model_config.get_config()
+  cfg.path = os.path.join(HF, name)
+  for k, v in overrides.items():
+    cfg[k] = v
+  return build.build(cfg, one_device_mesh())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_match_transformers(name, reference):
+  lm = load(name)
+  ids = reference[f"{name}_input_ids"]
+  positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+  logits, _ = lm.model.apply(lm.variables, jnp.asarray(ids), jnp.asarray(positions))
+  np.testing.assert_allclose(np.asarray(logits), reference[f"{name}_logits"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_left_padded_logits_match_transformers(name, reference):
+  lm = load(name)
+  ids, mask = reference[f"{name}_input_ids"], reference[f"{name}_attention_mask"]
+  positions = llama.positions_from_mask(jnp.asarray(mask))
+  np.testing.assert_array_equal(np.asarray(positions), reference[f"{name}_position_ids"])
+  logits, _ = lm.model.apply(lm.variables, jnp.asarray(ids), positions, jnp.asarray(mask))
+  got = np.asarray(logits)[mask.astype(bool)]
+  want = reference[f"{name}_logits_padded"][mask.astype(bool)]
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_architecture_read_from_config_json():
+  args, _ = build.model_args(_cfg(path=os.path.join(HF, "tiny_llama3")))
+  assert (args.family, args.num_heads, args.num_kv_heads, args.head_dim) == ("llama", 4, 2, 16)
+  assert args.rope_scaling == model_config.RopeScaling(8.0, 1.0, 4.0, 64)
+  assert not args.tie_embeddings and not args.qkv_bias
+  qwen, _ = build.model_args(_cfg(path=os.path.join(HF, "tiny_qwen2")))
+  assert qwen.family == "qwen2" and qwen.qkv_bias and qwen.rope_theta == 1e6
+  smol, _ = build.model_args(_cfg(path=os.path.join(HF, "tiny_smollm2")))
+  assert smol.tie_embeddings and (smol.num_heads, smol.num_kv_heads) == (6, 2)
+
+
+def test_llama3_rope_scaling_bands():
+  args = presets.preset_args("tiny").replace(
+      rope_theta=500000.0, rope_scaling=model_config.RopeScaling(8.0, 1.0, 4.0, 64))
+  base = llama.rope_inv_freq(args.replace(rope_scaling=None))
+  scaled = llama.rope_inv_freq(args)
+  wavelen = 2 * np.pi / base
+  high = wavelen < 64 / 4  # short wavelengths: unchanged
+  low = wavelen > 64 / 1  # long wavelengths: divided by the factor
+  np.testing.assert_allclose(scaled[high], base[high], rtol=1e-6)
+  np.testing.assert_allclose(scaled[low], base[low] / 8, rtol=1e-6)
+  mid = ~high & ~low
+  assert mid.any()
+  smooth = (64 / wavelen[mid] - 1) / (4 - 1)
+  np.testing.assert_allclose(scaled[mid], (1 - smooth) * base[mid] / 8 + smooth * base[mid],
+                             rtol=1e-6)
+
+
+def _cfg(**kw):
+  cfg = model_config.get_config()
+  for k, v in kw.items():
+    cfg[k] = v
+  return cfg
+
+
+def _tiny_lora(rank=4, alpha=8.0):
+  cfg = _cfg(preset="tiny", random_init=True)
+  cfg.lora.rank, cfg.lora.alpha = rank, alpha
+  return build.build(cfg, one_device_mesh())
+
+
+def test_lora_starts_equal_to_base_and_adapters_off_is_the_base_model():
+  lm = _tiny_lora()
+  tokens = jnp.asarray([[3, 14, 15, 92, 65]])
+  pos = jnp.arange(5)[None]
+  with_lora, _ = lm.model.apply(lm.variables, tokens, pos)
+  base, _ = lm.model.apply({"params": lm.variables["params"]}, tokens, pos)
+  np.testing.assert_array_equal(np.asarray(with_lora), np.asarray(base))  # B starts at zero
+  trained = dict(lm.variables, lora=jax.tree.map(lambda x: x + 0.05, lm.variables["lora"]))
+  moved, _ = lm.model.apply(trained, tokens, pos)
+  assert np.abs(np.asarray(moved) - np.asarray(base)).max() > 1e-3
+  base_again, _ = lm.model.apply({"params": trained["params"]}, tokens, pos)
+  np.testing.assert_array_equal(np.asarray(base_again), np.asarray(base))
+
+
+def test_lora_delta_is_scaled_low_rank_product():
+  lm = _tiny_lora(rank=4, alpha=8.0)
+  trained = dict(lm.variables, lora=jax.tree.map(
+      lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), lm.variables["lora"]))
+  tokens = jnp.asarray([[3, 14, 15, 92, 65]])
+  pos = jnp.arange(5)[None]
+  adapted, _ = lm.model.apply(trained, tokens, pos)
+  merged = weights.merge_lora(lm.args, trained)  # W + A·B·(8/4), on the host
+  from flax import traverse_util
+  params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()})
+  folded, _ = lm.model.apply({"params": params}, tokens, pos)
+  np.testing.assert_allclose(np.asarray(adapted), np.asarray(folded), atol=1e-5)
+
+
+def test_lora_only_on_targets():
+  cfg = _cfg(preset="tiny", random_init=True)
+  cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets = 2, 2.0, "q_proj,v_proj"
+  lm = build.build(cfg, one_device_mesh())
+  assert sorted(lm.variables["lora"]["layers"]) == ["q_proj", "v_proj"]
+  assert lm.variables["lora"]["layers"]["q_proj"]["a"].shape == (2, 64, 2)
+  assert lm.variables["lora"]["layers"]["q_proj"]["b"].shape == (2, 2, 4, 16)
+
+
+def test_compute_dtype_bfloat16_runs_close_to_float32():
+  lm32 = load("tiny_llama3")
+  lm16 = load("tiny_llama3", dtype="bfloat16", param_dtype="bfloat16")
+  assert jax.tree.leaves(lm16.variables)[0].dtype == jnp.bfloat16
+  tokens = jnp.asarray([[1, 2, 3, 4, 5, 6]])
+  pos = jnp.arange(6)[None]
+  a, _ = lm32.model.apply(lm32.variables, tokens, pos)
+  b, _ = lm16.model.apply(lm16.variables, tokens, pos)
+  assert b.dtype == jnp.float32  # logits always float32
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() < 0.1 * np.abs(np.asarray(a)).max()
+
+
+def test_remat_gives_same_loss_and_grads():
+  lm = load("tiny_smollm2")
+  tokens = jnp.asarray([[1, 2, 3, 4, 5, 6]])
+  pos = jnp.arange(6)[None]
+  remat_model = llama.Decoder(lm.args.replace(remat=True))
+
+  def loss(model, params):
+    logits, _ = model.apply({"params": params}, tokens, pos)
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 7])
+
+  plain = jax.grad(lambda p: loss(lm.model, p))(lm.variables["params"])
+  remat = jax.grad(lambda p: loss(remat_model, p))(lm.variables["params"])
+  for x, y in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
