@@ -226,7 +226,10 @@ class Decoder(nn.Module):
     b, t = tokens_bt.shape
     embedding = self.param("embedding", nn.with_logical_partitioning(_KERNEL_INIT, ("vocab", "embed")),
                            (a.vocab_size, a.hidden_size), a.param_dtype)
-    x = jnp.take(embedding, tokens_bt, axis=0).astype(a.dtype)
+    # FSDP: gather the table's embed dimension first; a row gather from a table split along
+    # embed cannot produce batch-split rows without replicating everything.
+    table = constrain(embedding, mesh, ("vocab", None))
+    x = jnp.take(table, tokens_bt, axis=0).astype(a.dtype)
     x = constrain(x, mesh, ("act_batch", "act_length", "act_embed"))
 
     if cache is None:

@@ -1,0 +1,159 @@
+"""The sampler: exact greedy tokens, log-probs that a full forward pass reproduces, stops, buckets."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jerp_jax.model import build, config as model_config
+from jerp_jax.sampling import sampler as sampler_lib
+from jerp_jax.sampling.sampler import Sampler, sample_logits
+from tests.conftest import FIXTURES, one_device_mesh
+
+
+@pytest.fixture(scope="module")
+def greedy_fixture():
+  with open(os.path.join(FIXTURES, "smollm2_greedy.json")) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = model_config.get_config()
+  cfg.preset, cfg.random_init = "tiny", True
+  lm = build.build(cfg, one_device_mesh(), seed=1)
+  # Larger random weights than the init's 0.02 so that the distribution is far from uniform.
+  lm.variables = jax.tree.map(lambda x: x * 20 if x.ndim > 1 else x, lm.variables)
+  return lm, Sampler(lm.model, lm.mesh, lm.tokenizer.eos_ids, lm.tokenizer.pad_id, lm.tokenizer,
+                     max_seq_len=256, min_prompt_bucket=16)
+
+
+def full_forward_logprobs(lm, completion, temperature=1.0):
+  seq = completion.prompt_ids + completion.token_ids
+  logits, _ = lm.model.apply(lm.variables, jnp.asarray([seq]), jnp.arange(len(seq))[None])
+  logp = jax.nn.log_softmax(logits[0] / temperature, axis=-1)
+  start = len(completion.prompt_ids) - 1
+  return np.asarray([logp[start + j, t] for j, t in enumerate(completion.token_ids)])
+
+
+def test_greedy_reproduces_transformers_token_ids(smollm2, greedy_fixture):
+  lm, sampler = smollm2
+  records = greedy_fixture["records"]
+  for r in records:  # our torch-free tokenizer and chat template give the same prompt
+    assert lm.tokenizer.encode_chat([{"role": "user", "content": r["prompt"]}]) == r["prompt_ids"]
+  out = sampler.generate(lm.variables, [r["prompt_ids"] for r in records],
+                         greedy_fixture["max_new_tokens"], temperature=0)
+  for completion, r in zip(out, records):
+    assert completion.token_ids == r["greedy_ids"]
+    assert completion.text == r["greedy_text"]
+  assert [c.finish_reason for c in out] == ["eos", "length", "length"]
+
+
+def test_embedded_last_logits_close_to_transformers(smollm2, greedy_fixture):
+  lm, _ = smollm2
+  ids = greedy_fixture["records"][0]["prompt_ids"]
+  logits, _ = lm.model.apply(lm.variables, jnp.asarray([ids]), jnp.arange(len(ids))[None])
+  want = np.load(os.path.join(FIXTURES, "smollm2_last_logits.npy"))
+  np.testing.assert_allclose(np.asarray(logits[0, -1]), want, atol=5e-4)
+
+
+def test_sampled_logprobs_equal_full_forward(smollm2):
+  lm, sampler = smollm2
+  prompts = [lm.tokenizer.encode_chat([{"role": "user", "content": t}])
+             for t in ("Name a fruit.", "Count to five, please.", "Hi")]
+  out = sampler.generate(lm.variables, prompts, 12, temperature=1.0, seed=7)
+  for c in out:
+    assert len(c.logprobs) == len(c.token_ids) > 0
+    np.testing.assert_allclose(c.logprobs, full_forward_logprobs(lm, c), atol=2e-4)
+
+
+def test_logprobs_at_temperature_are_of_the_scaled_distribution(tiny):
+  lm, sampler = tiny
+  (c,) = sampler.generate(lm.variables, [[5, 6, 7]], 8, temperature=0.7, seed=3)
+  np.testing.assert_allclose(c.logprobs, full_forward_logprobs(lm, c, 0.7), atol=1e-4)
+
+
+def test_same_seed_same_sample_and_top_k_1_is_greedy(tiny):
+  lm, sampler = tiny
+  prompts = [[5, 6, 7, 8], [9, 10]]
+  a = sampler.generate(lm.variables, prompts, 10, temperature=1.0, seed=11)
+  b = sampler.generate(lm.variables, prompts, 10, temperature=1.0, seed=11)
+  c = sampler.generate(lm.variables, prompts, 10, temperature=1.0, seed=12)
+  assert [x.token_ids for x in a] == [x.token_ids for x in b]
+  assert [x.token_ids for x in a] != [x.token_ids for x in c]
+  greedy = sampler.generate(lm.variables, prompts, 10, temperature=0)
+  top1 = sampler.generate(lm.variables, prompts, 10, temperature=1.0, top_k=1, seed=11)
+  tiny_p = sampler.generate(lm.variables, prompts, 10, temperature=1.0, top_p=1e-6, seed=11)
+  assert [x.token_ids for x in top1] == [x.token_ids for x in greedy]
+  assert [x.token_ids for x in tiny_p] == [x.token_ids for x in greedy]
+
+
+def test_sample_logits_top_k_and_top_p_support():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+  keys = jax.random.split(jax.random.PRNGKey(0), 400)
+  draw = lambda **kw: {int(sample_logits(logits, k, jnp.float32(1.0), greedy=False, **kw)[0][0])
+                       for k in keys}
+  assert draw(top_k=0, top_p=1.0) == {0, 1, 2, 3}
+  assert draw(top_k=2, top_p=1.0) == {0, 1}
+  assert draw(top_k=0, top_p=0.6) == {0, 1}  # 0.5 < 0.6, so the second token is needed too
+  assert draw(top_k=0, top_p=0.5) == {0}
+  tok, logp = sample_logits(logits, keys[0], jnp.float32(2.0), greedy=False, top_k=0, top_p=1.0)
+  want = jax.nn.log_softmax(logits[0] / 2.0)[tok[0]]
+  np.testing.assert_allclose(float(logp[0]), float(want), rtol=1e-6)
+  tok, logp = sample_logits(logits, keys[0], jnp.float32(1.0), greedy=True, top_k=0, top_p=1.0)
+  assert int(tok[0]) == 0 and abs(float(logp[0]) - np.log(0.5)) < 1e-6
+
+
+def test_stop_string_cuts_after_the_completing_token(smollm2, greedy_fixture):
+  lm, sampler = smollm2
+  r = greedy_fixture["records"][1]  # "The waves of the sea, a silent beauty,\nA gentle ..."
+  (c,) = sampler.generate(lm.variables, [r["prompt_ids"]], 32, temperature=0,
+                          stop_strings=("beauty",))
+  assert c.finish_reason == "stop"
+  assert c.text == "The waves of the sea, a silent beauty"
+  assert c.token_ids == r["greedy_ids"][:len(c.token_ids)]
+  assert len(c.logprobs) == len(c.token_ids)
+
+
+def test_eos_is_kept_and_ends_the_row(smollm2, greedy_fixture):
+  lm, sampler = smollm2
+  r = greedy_fixture["records"][0]
+  (c,) = sampler.generate(lm.variables, [r["prompt_ids"]], 32, temperature=0)
+  assert c.token_ids[-1] in lm.tokenizer.eos_ids and c.finish_reason == "eos"
+  assert lm.tokenizer.decode(c.token_ids, skip_special_tokens=True) == "The capital of France is Paris."
+
+
+def test_prompt_lengths_share_a_bucket(tiny):
+  lm, sampler = tiny
+  before = Sampler._prefill._cache_size()
+  for n in (3, 9, 16):  # all within the 16-token bucket; batch 3 and 4 both pad to 4
+    prompts = [list(range(5, 5 + n)), [5], [6, 7]] + [[8]] * (n % 2)
+    sampler.generate(lm.variables, prompts, 6, temperature=0)
+  assert Sampler._prefill._cache_size() - before <= 1
+  assert sampler_lib.bucket(17, 16) == 32 and sampler_lib.bucket(3, 16) == 16
+
+
+def test_batch_is_padded_and_results_keep_order(tiny):
+  lm, sampler = tiny
+  prompts = [[5, 6], [7, 8, 9], [10]]
+  together = sampler.generate(lm.variables, prompts, 6, temperature=0)
+  alone = [sampler.generate(lm.variables, [p], 6, temperature=0)[0] for p in prompts]
+  assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+  assert [c.prompt_ids for c in together] == prompts
+
+
+def test_bad_input_is_named(tiny):
+  lm, sampler = tiny
+  with pytest.raises(ValueError, match=r"exceeds model.max_seq_len=256"):
+    sampler.generate(lm.variables, [list(range(250))], 16, temperature=0)
+  with pytest.raises(ValueError, match="at least one token"):
+    sampler.generate(lm.variables, [[]], 4)
+  cfg = sampler_lib.get_config()
+  cfg.top_p = 1.5
+  with pytest.raises(ValueError, match=r"sampling.top_p=1.5: expected a number in \(0, 1\]"):
+    sampler_lib.validate_config(cfg)
+  assert isinstance(cfg, ml_collections.ConfigDict)
