@@ -1,0 +1,41 @@
+"""A configured model and sampler, ready to answer prompts: shared by the command-line tools."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import ml_collections
+
+from jerp_jax.model import build
+from jerp_jax.parallel import mesh as mesh_lib
+from jerp_jax.sampling import sampler as sampler_lib
+
+
+def setup(config: ml_collections.ConfigDict) -> tuple[build.LoadedModel, sampler_lib.Sampler]:
+  """The model on its mesh and a sampler for it, after validating the config."""
+  sampler_lib.validate_config(config.sampling)
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  lm = build.build(config.model, mesh, seed=config.seed)
+  if lm.tokenizer is None:
+    raise ValueError(f"model.preset={config.model.preset!r} with random weights has no tokenizer; "
+                     "set model.path to a checkpoint")
+  sampler = sampler_lib.Sampler(
+      lm.model, mesh, lm.tokenizer.eos_ids, lm.tokenizer.pad_id, lm.tokenizer,
+      max_seq_len=config.model.max_seq_len, min_prompt_bucket=config.sampling.min_prompt_bucket,
+      decode_chunk=config.sampling.decode_chunk)
+  return lm, sampler
+
+
+def prompt_ids(tokenizer, text: str, system: str | None = None, raw: bool = False) -> list[int]:
+  if raw:
+    return tokenizer.encode(text)
+  messages = ([{"role": "system", "content": system}] if system else []) + [
+      {"role": "user", "content": text}]
+  return tokenizer.encode_chat(messages)
+
+
+def complete(lm: build.LoadedModel, sampler: sampler_lib.Sampler, s: ml_collections.ConfigDict,
+             prompts: Sequence[list[int]]) -> list[sampler_lib.Completion]:
+  return sampler.generate(lm.variables, prompts, s.max_new_tokens, temperature=s.temperature,
+                          top_p=s.top_p, top_k=s.top_k, stop_strings=tuple(s.stop_strings),
+                          seed=s.seed)

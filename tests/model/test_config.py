@@ -1,0 +1,47 @@
+"""ModelArgs validation and the config.json mapping."""
+
+import pytest
+
+from jerp_jax.model import config as model_config, presets
+
+
+def test_bad_values_name_the_field():
+  good = presets.PRESETS["tiny"]
+  with pytest.raises(ValueError, match=r"model.num_kv_heads=3: expected a divisor of num_heads=4"):
+    model_config.ModelArgs(**dict(good, num_kv_heads=3))
+  with pytest.raises(ValueError, match=r"model.family='gpt2': expected one of"):
+    model_config.ModelArgs(**dict(good, family="gpt2"))
+  with pytest.raises(ValueError, match=r"model.dtype='fp8': expected one of"):
+    model_config.ModelArgs(**good, dtype="fp8")
+  with pytest.raises(ValueError, match=r"model.lora.alpha=0.0: expected a positive number"):
+    model_config.ModelArgs(**good, lora_rank=8)
+  with pytest.raises(ValueError, match=r"unknown: \['qkv'\]"):
+    model_config.ModelArgs(**good, lora_rank=8, lora_alpha=8.0, lora_targets=("qkv",))
+  with pytest.raises(ValueError, match=r"model.preset='gpt-5': expected one of"):
+    presets.preset_args("gpt-5")
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_presets_round_trip_through_config_json(name):
+  args = presets.preset_args(name)
+  assert model_config.from_hf_config(model_config.to_hf_config(args)) == args
+
+
+def test_transformers_4_style_config_is_read():
+  hf = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 2048,
+        "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "tie_word_embeddings": True, "max_position_embeddings": 131072}
+  assert model_config.from_hf_config(hf) == presets.preset_args("llama-3.2-1b-instruct")
+  with pytest.raises(ValueError, match="rope type 'yarn' is not supported"):
+    model_config.from_hf_config(dict(hf, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+
+
+def test_lora_targets_from_a_comma_list():
+  cfg = model_config.get_config()
+  cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets = 64, 64.0, "q_proj, v_proj"
+  opts = model_config.runtime_options(cfg)
+  assert opts["lora_targets"] == ("q_proj", "v_proj")
+  assert model_config.ModelArgs(**presets.PRESETS["tiny"], **opts).lora_scale == 1.0
