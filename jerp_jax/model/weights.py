@@ -27,6 +27,7 @@ from flax import traverse_util
 
 from jerp_jax.model import config as config_lib
 from jerp_jax.model.config import ModelArgs
+from jerp_jax.model.gguf_file import GGUFFile
 
 # --- the tables ---------------------------------------------------------------------------------
 
@@ -162,20 +163,16 @@ class GGUFSource:
   """HF-named, dequantised float32 tensors of a GGUF file, plus its metadata."""
 
   def __init__(self, path: str):
-    import gguf  # pylint: disable=import-outside-toplevel
+    prefixes = ("general.",) + tuple(f"{a}." for a in GGUF_ARCHITECTURES)
     self.path = path
-    try:
-      self.reader = gguf.GGUFReader(path)
-    except Exception as e:  # a truncated or foreign file
-      raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
-    self.meta = {k: _field_value(f) for k, f in self.reader.fields.items()
-                 if not k.startswith("tokenizer.ggml.")}
+    self.file = GGUFFile(path, prefixes=prefixes)
+    self.meta = self.file.metadata
     arch = self.meta.get("general.architecture")
     if arch not in GGUF_ARCHITECTURES:
       raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; "
                        f"expected one of {GGUF_ARCHITECTURES}")
     self.arch = arch
-    self._tensors = {t.name: t for t in self.reader.tensors}
+    self._tensors = self.file.tensors
     if "rope_freqs.weight" in self._tensors or self.meta.get(f"{arch}.rope.scaling.type") not in (
         None, "none"):
       # llama.cpp stores Llama 3 / YaRN scaling as per-dimension factors we do not map yet.
@@ -200,7 +197,7 @@ class GGUFSource:
     f32 = lambda v: float(str(np.float32(v)))
     heads = int(get("attention.head_count"))
     hidden = int(get("embedding_length"))
-    vocab = m.get(f"{a}.vocab_size") or self._tensors["token_embd.weight"].shape[-1]
+    vocab = m.get(f"{a}.vocab_size") or self._tensors["token_embd.weight"].shape[0]
     return ModelArgs(
         family=a, vocab_size=int(vocab), hidden_size=hidden,
         intermediate_size=int(get("feed_forward_length")), num_layers=int(get("block_count")),
@@ -215,20 +212,11 @@ class GGUFSource:
     return set(self._hf_to_gguf)
 
   def get(self, name: str) -> np.ndarray:
-    from gguf import quants  # pylint: disable=import-outside-toplevel
-    tensor = self._tensors[self._hf_to_gguf[name]]
-    w = np.asarray(quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+    w = self.file.dequantize(self._hf_to_gguf[name])
     if self.arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
       key = "attention.head_count" if "q_proj" in name else "attention.head_count_kv"
       w = unpermute_rotary(w, int(self.meta[f"llama.{key}"]))
     return w
-
-
-def _field_value(field) -> Any:
-  try:
-    return field.contents()
-  except Exception:  # pylint: disable=broad-except
-    return None
 
 
 def open_source(path: str) -> SafetensorsSource | GGUFSource:

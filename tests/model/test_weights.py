@@ -119,7 +119,7 @@ def test_unsupported_gguf_architecture_is_named(tmp_path):
 
 def test_corrupt_gguf_is_named(tmp_path):
   path = tmp_path / "broken.gguf"
-  path.write_bytes(b"GGUF" + b"\x00" * 7)
+  path.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 16)  # a header that lies
   with pytest.raises(ValueError, match="broken.gguf: not a readable GGUF file"):
     weights.open_source(str(path))
 
