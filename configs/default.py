@@ -22,8 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
   # What `python -m jerp_jax.main --mode=generate` answers (the main job until the JERP loop).
   c.generate = ml_collections.ConfigDict()
   c.generate.prompts = (
-      "What is the capital of France?",
-      "You are in a kitchen. Your task is to: put a clean mug in the coffeemachine. "
-      "What is your first action?",
+    "What is the capital of France?",
+    "You are in a kitchen. Your task is to: put a clean mug in the coffeemachine. "
+    "What is your first action?",
   )
   return c

@@ -25,7 +25,9 @@ _PROMPT = flags.DEFINE_string("prompt", None, "The user message to complete.")
 _SYSTEM = flags.DEFINE_string("system", None, "An optional system message.")
 _RAW = flags.DEFINE_bool("raw", False, "Feed the prompt as is, without the chat template.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Overrides sampling.max_new_tokens.")
-_TEMPERATURE = flags.DEFINE_float("temperature", None, "Overrides sampling.temperature (0: greedy).")
+_TEMPERATURE = flags.DEFINE_float(
+  "temperature", None, "Overrides sampling.temperature (0: greedy)."
+)
 _TOP_P = flags.DEFINE_float("top_p", None, "Overrides sampling.top_p.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Overrides sampling.top_k.")
 
@@ -37,8 +39,12 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--prompt is required")
   config = _CONFIG.value
   s = config.sampling
-  for name, flag in (("max_new_tokens", _MAX_NEW), ("temperature", _TEMPERATURE),
-                     ("top_p", _TOP_P), ("top_k", _TOP_K)):
+  for name, flag in (
+    ("max_new_tokens", _MAX_NEW),
+    ("temperature", _TEMPERATURE),
+    ("top_p", _TOP_P),
+    ("top_k", _TOP_K),
+  ):
     if flag.value is not None:
       s[name] = flag.value
   lm, sampler = inference.setup(config)

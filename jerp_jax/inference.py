@@ -17,12 +17,20 @@ def setup(config: ml_collections.ConfigDict) -> tuple[build.LoadedModel, sampler
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   lm = build.build(config.model, mesh, seed=config.seed)
   if lm.tokenizer is None:
-    raise ValueError(f"model.preset={config.model.preset!r} with random weights has no tokenizer; "
-                     "set model.path to a checkpoint")
+    raise ValueError(
+      f"model.preset={config.model.preset!r} with random weights has no tokenizer; "
+      "set model.path to a checkpoint"
+    )
   sampler = sampler_lib.Sampler(
-      lm.model, mesh, lm.tokenizer.eos_ids, lm.tokenizer.pad_id, lm.tokenizer,
-      max_seq_len=config.model.max_seq_len, min_prompt_bucket=config.sampling.min_prompt_bucket,
-      decode_chunk=config.sampling.decode_chunk)
+    lm.model,
+    mesh,
+    lm.tokenizer.eos_ids,
+    lm.tokenizer.pad_id,
+    lm.tokenizer,
+    max_seq_len=config.model.max_seq_len,
+    min_prompt_bucket=config.sampling.min_prompt_bucket,
+    decode_chunk=config.sampling.decode_chunk,
+  )
   return lm, sampler
 
 
@@ -30,12 +38,24 @@ def prompt_ids(tokenizer, text: str, system: str | None = None, raw: bool = Fals
   if raw:
     return tokenizer.encode(text)
   messages = ([{"role": "system", "content": system}] if system else []) + [
-      {"role": "user", "content": text}]
+    {"role": "user", "content": text}
+  ]
   return tokenizer.encode_chat(messages)
 
 
-def complete(lm: build.LoadedModel, sampler: sampler_lib.Sampler, s: ml_collections.ConfigDict,
-             prompts: Sequence[list[int]]) -> list[sampler_lib.Completion]:
-  return sampler.generate(lm.variables, prompts, s.max_new_tokens, temperature=s.temperature,
-                          top_p=s.top_p, top_k=s.top_k, stop_strings=tuple(s.stop_strings),
-                          seed=s.seed)
+def complete(
+  lm: build.LoadedModel,
+  sampler: sampler_lib.Sampler,
+  s: ml_collections.ConfigDict,
+  prompts: Sequence[list[int]],
+) -> list[sampler_lib.Completion]:
+  return sampler.generate(
+    lm.variables,
+    prompts,
+    s.max_new_tokens,
+    temperature=s.temperature,
+    top_p=s.top_p,
+    top_k=s.top_k,
+    stop_strings=tuple(s.stop_strings),
+    seed=s.seed,
+  )

@@ -27,10 +27,13 @@ _MODE = flags.DEFINE_enum("mode", "generate", ["generate"], "What to run.")
 def run_generate(config) -> None:
   start = time.time()
   lm, sampler = inference.setup(config)
-  print(f"model: {config.model.preset} from {lm.source} "
-        f"({sum(x.size for x in jax.tree.leaves(lm.variables)) / 1e6:.1f}M parameters) on "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), mesh {dict(lm.mesh.shape)}, "
-        f"loaded in {time.time() - start:.1f}s", flush=True)
+  print(
+    f"model: {config.model.preset} from {lm.source} "
+    f"({sum(x.size for x in jax.tree.leaves(lm.variables)) / 1e6:.1f}M parameters) on "
+    f"{jax.device_count()} {jax.devices()[0].platform} device(s), mesh {dict(lm.mesh.shape)}, "
+    f"loaded in {time.time() - start:.1f}s",
+    flush=True,
+  )
   prompts = [inference.prompt_ids(lm.tokenizer, p) for p in config.generate.prompts]
   start = time.time()
   completions = inference.complete(lm, sampler, config.sampling, prompts)
@@ -39,8 +42,11 @@ def run_generate(config) -> None:
     answer = lm.tokenizer.decode(c.token_ids, skip_special_tokens=True)
     print(f"\n>>> {text}\n{answer}\n[{len(c.token_ids)} tokens, {c.finish_reason}]", flush=True)
   generated = sum(len(c.token_ids) for c in completions)
-  print(f"\n{generated} tokens for {len(prompts)} prompts in {elapsed:.1f}s "
-        "(first call includes compilation)", flush=True)
+  print(
+    f"\n{generated} tokens for {len(prompts)} prompts in {elapsed:.1f}s "
+    "(first call includes compilation)",
+    flush=True,
+  )
 
 
 def main(argv: Sequence[str]) -> None:

@@ -15,6 +15,7 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 def one_device_mesh():
   from jerp_jax.parallel import mesh as mesh_lib
+
   return mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
 
 
@@ -23,8 +24,10 @@ def smollm2():
   """The embedded SmolLM2-135M-Instruct on one device: (LoadedModel, Sampler)."""
   from jerp_jax.model import build, config as model_config
   from jerp_jax.sampling.sampler import Sampler
+
   mesh = one_device_mesh()
   lm = build.build(model_config.get_config(), mesh)
-  sampler = Sampler(lm.model, mesh, lm.tokenizer.eos_ids, lm.tokenizer.pad_id, lm.tokenizer,
-                    max_seq_len=2048)
+  sampler = Sampler(
+    lm.model, mesh, lm.tokenizer.eos_ids, lm.tokenizer.pad_id, lm.tokenizer, max_seq_len=2048
+  )
   return lm, sampler

@@ -10,20 +10,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run(*args):
   env = dict(os.environ, HF_HUB_OFFLINE="1")
   env.pop("XLA_FLAGS", None)  # one device, as a user has
-  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+  )
 
 
 def test_generate_prints_only_the_completion():
-  r = run("jerp_jax.generate", "--config=configs/default.py",
-          "--prompt=What is the capital of France?", "--max_new_tokens=16", "--temperature=0")
+  r = run(
+    "jerp_jax.generate",
+    "--config=configs/default.py",
+    "--prompt=What is the capital of France?",
+    "--max_new_tokens=16",
+    "--temperature=0",
+  )
   assert r.returncode == 0, r.stderr
   assert r.stdout == "The capital of France is Paris.\n"
 
 
 def test_generate_config_override_and_clear_error():
-  r = run("jerp_jax.generate", "--config=configs/default.py", "--prompt=hi",
-          "--config.model.path=/nonexistent/Qwen2.5-1.5B-Instruct")
+  r = run(
+    "jerp_jax.generate",
+    "--config=configs/default.py",
+    "--prompt=hi",
+    "--config.model.path=/nonexistent/Qwen2.5-1.5B-Instruct",
+  )
   assert r.returncode != 0 and r.stdout == ""
   assert "model.path='/nonexistent/Qwen2.5-1.5B-Instruct' does not exist" in r.stderr
 

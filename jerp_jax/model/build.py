@@ -46,9 +46,10 @@ def resolve_path(cfg: ml_collections.ConfigDict) -> str:
   if embedded is None:
     presets.preset_args(cfg.preset)  # unknown names fail here with the list of presets
     raise ValueError(
-        f"model.preset={cfg.preset!r} ships no weights on this machine: set "
-        f"--config.model.path=/path/to/a/local/HF/folder (e.g. a downloaded {cfg.preset}), "
-        "or --config.model.random_init=True for random weights")
+      f"model.preset={cfg.preset!r} ships no weights on this machine: set "
+      f"--config.model.path=/path/to/a/local/HF/folder (e.g. a downloaded {cfg.preset}), "
+      "or --config.model.random_init=True for random weights"
+    )
   return embedded
 
 
@@ -61,13 +62,16 @@ def model_args(cfg: ml_collections.ConfigDict) -> tuple[ModelArgs, str]:
 
 
 def check_mesh(args: ModelArgs, mesh: Mesh) -> None:
-  mesh_lib.check_divisible(mesh, {
+  mesh_lib.check_divisible(
+    mesh,
+    {
       "model.num_heads": ("heads", args.num_heads),
       "model.num_kv_heads": ("kv_heads", args.num_kv_heads),
       "model.intermediate_size": ("mlp", args.intermediate_size),
       "model.vocab_size": ("vocab", args.vocab_size),
       "model.hidden_size": ("embed", args.hidden_size),
-  })
+    },
+  )
 
 
 def _flat(tree) -> dict[str, Any]:
@@ -76,6 +80,7 @@ def _flat(tree) -> dict[str, Any]:
 
 def _tokenizer(path: str, required: bool):
   from jerp_jax.model import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+
   try:
     return tokenizer_lib.load_tokenizer(path)
   except FileNotFoundError:
@@ -106,8 +111,11 @@ def build(cfg: ml_collections.ConfigDict, mesh: Mesh, seed: int = 0) -> LoadedMo
     flat_abstract = {f"params/{k}": v for k, v in _flat(abstract["params"]).items()}
     flat_shardings = {f"params/{k}": v for k, v in _flat(shardings["params"]).items()}
     loaded = weights.load_params(source, args, flat_abstract, flat_shardings)
-    variables = {"params": traverse_util.unflatten_dict(
-        {k[len("params/"):]: v for k, v in loaded.items()}, sep="/")}
+    variables = {
+      "params": traverse_util.unflatten_dict(
+        {k[len("params/") :]: v for k, v in loaded.items()}, sep="/"
+      )
+    }
     if "lora" in abstract:
       variables.update(init(["lora"]))
     tokenizer = _tokenizer(cfg.tokenizer or path, required=bool(cfg.tokenizer))
@@ -120,6 +128,11 @@ def build(cfg: ml_collections.ConfigDict, mesh: Mesh, seed: int = 0) -> LoadedMo
       tokenizer = _tokenizer(presets.embedded_path("smollm2-135m-instruct"), required=True)
     else:
       tokenizer = None
-  logging.info("model %s from %s: %.1fM parameters in %.1fs", cfg.preset, path or "random init",
-               llama.count_params(variables["params"]) / 1e6, time.time() - start)
+  logging.info(
+    "model %s from %s: %.1fM parameters in %.1fs",
+    cfg.preset,
+    path or "random init",
+    llama.count_params(variables["params"]) / 1e6,
+    time.time() - start,
+  )
   return LoadedModel(args, model, variables, shardings, tokenizer, mesh, path or "random init")

@@ -60,14 +60,25 @@ class ModelArgs:
 
     if self.family not in FAMILIES:
       fail("family", self.family, f"one of {FAMILIES}")
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                 "num_kv_heads", "head_dim", "max_position_embeddings"):
+    for name in (
+      "vocab_size",
+      "hidden_size",
+      "intermediate_size",
+      "num_layers",
+      "num_heads",
+      "num_kv_heads",
+      "head_dim",
+      "max_position_embeddings",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         fail(name, value, "a positive integer")
     if self.num_heads % self.num_kv_heads:
-      fail("num_kv_heads", self.num_kv_heads,
-           f"a divisor of num_heads={self.num_heads} (grouped-query attention)")
+      fail(
+        "num_kv_heads",
+        self.num_kv_heads,
+        f"a divisor of num_heads={self.num_heads} (grouped-query attention)",
+      )
     if self.head_dim % 2:
       fail("head_dim", self.head_dim, "an even number (rotary embedding rotates pairs)")
     if self.rope_theta <= 0:
@@ -83,7 +94,9 @@ class ModelArgs:
       fail("lora.alpha", self.lora_alpha, "a positive number when lora.rank > 0")
     unknown = set(self.lora_targets) - set(LORA_TARGETS)
     if unknown:
-      fail("lora.targets", self.lora_targets, f"a subset of {LORA_TARGETS}; unknown: {sorted(unknown)}")
+      fail(
+        "lora.targets", self.lora_targets, f"a subset of {LORA_TARGETS}; unknown: {sorted(unknown)}"
+      )
 
   @property
   def lora_scale(self) -> float:
@@ -120,8 +133,14 @@ def runtime_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   targets = cfg.lora.targets
   if isinstance(targets, str):
     targets = tuple(t.strip() for t in targets.split(",") if t.strip())
-  return dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, lora_rank=int(cfg.lora.rank),
-              lora_alpha=float(cfg.lora.alpha), lora_targets=tuple(targets), remat=bool(cfg.remat))
+  return dict(
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    lora_rank=int(cfg.lora.rank),
+    lora_alpha=float(cfg.lora.alpha),
+    lora_targets=tuple(targets),
+    remat=bool(cfg.remat),
+  )
 
 
 # --- Hugging Face config.json ------------------------------------------------------------------
@@ -134,40 +153,49 @@ def from_hf_config(hf: Mapping[str, Any], source: str = "config.json", **runtime
   """ModelArgs from a transformers config dict (v4 `rope_scaling`/`rope_theta` or v5 `rope_parameters`)."""
   model_type = hf.get("model_type")
   if model_type not in _HF_FAMILY:
-    raise ValueError(f"{source}: model_type={model_type!r} is not supported; "
-                     f"expected one of {sorted(_HF_FAMILY)} (Llama 2/3, SmolLM2, Qwen2/2.5)")
+    raise ValueError(
+      f"{source}: model_type={model_type!r} is not supported; "
+      f"expected one of {sorted(_HF_FAMILY)} (Llama 2/3, SmolLM2, Qwen2/2.5)"
+    )
   rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
   theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   scaling = None
   if rope_type == "llama3":
-    scaling = RopeScaling(float(rope["factor"]), float(rope["low_freq_factor"]),
-                          float(rope["high_freq_factor"]),
-                          int(rope["original_max_position_embeddings"]))
+    scaling = RopeScaling(
+      float(rope["factor"]),
+      float(rope["low_freq_factor"]),
+      float(rope["high_freq_factor"]),
+      int(rope["original_max_position_embeddings"]),
+    )
   elif rope_type not in ("default", None):
-    raise ValueError(f"{source}: rope type {rope_type!r} is not supported; expected 'default' or 'llama3'")
+    raise ValueError(
+      f"{source}: rope type {rope_type!r} is not supported; expected 'default' or 'llama3'"
+    )
   if hf.get("use_sliding_window"):
     raise ValueError(f"{source}: use_sliding_window=true is not supported")
   if hf.get("attention_bias") or hf.get("mlp_bias"):
-    raise ValueError(f"{source}: attention_bias/mlp_bias=true is not supported (no Llama release uses it)")
+    raise ValueError(
+      f"{source}: attention_bias/mlp_bias=true is not supported (no Llama release uses it)"
+    )
   heads = hf["num_attention_heads"]
   family = _HF_FAMILY[model_type]
   return ModelArgs(
-      family=family,
-      vocab_size=hf["vocab_size"],
-      hidden_size=hf["hidden_size"],
-      intermediate_size=hf["intermediate_size"],
-      num_layers=hf["num_hidden_layers"],
-      num_heads=heads,
-      num_kv_heads=hf.get("num_key_value_heads") or heads,
-      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-      rope_theta=float(theta),
-      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      qkv_bias=family == "qwen2",  # Qwen2 has q/k/v bias (and no o_proj bias)
-      max_position_embeddings=hf.get("max_position_embeddings", 4096),
-      rope_scaling=scaling,
-      **runtime,
+    family=family,
+    vocab_size=hf["vocab_size"],
+    hidden_size=hf["hidden_size"],
+    intermediate_size=hf["intermediate_size"],
+    num_layers=hf["num_hidden_layers"],
+    num_heads=heads,
+    num_kv_heads=hf.get("num_key_value_heads") or heads,
+    head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+    rope_theta=float(theta),
+    rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+    tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    qkv_bias=family == "qwen2",  # Qwen2 has q/k/v bias (and no o_proj bias)
+    max_position_embeddings=hf.get("max_position_embeddings", 4096),
+    rope_scaling=scaling,
+    **runtime,
   )
 
 
@@ -175,27 +203,30 @@ def to_hf_config(args: ModelArgs, **extra) -> dict[str, Any]:
   """A config.json dict that transformers (and vLLM) load as the same architecture."""
   rope: dict[str, Any] = {"rope_type": "default", "rope_theta": args.rope_theta}
   if args.rope_scaling is not None:
-    rope = {"rope_type": "llama3", "rope_theta": args.rope_theta,
-            **dataclasses.asdict(args.rope_scaling)}
-  hf = {
-      "architectures": [_HF_ARCH[args.family]],
-      "model_type": args.family,
-      "vocab_size": args.vocab_size,
-      "hidden_size": args.hidden_size,
-      "intermediate_size": args.intermediate_size,
-      "num_hidden_layers": args.num_layers,
-      "num_attention_heads": args.num_heads,
-      "num_key_value_heads": args.num_kv_heads,
-      "head_dim": args.head_dim,
-      "hidden_act": "silu",
-      "max_position_embeddings": args.max_position_embeddings,
-      "rms_norm_eps": args.rms_norm_eps,
-      "tie_word_embeddings": args.tie_embeddings,
-      # Both spellings: transformers 5 reads rope_parameters, 4.x and vLLM read the pair below.
-      "rope_parameters": rope,
+    rope = {
+      "rope_type": "llama3",
       "rope_theta": args.rope_theta,
-      "rope_scaling": None if args.rope_scaling is None else dict(rope),
-      "torch_dtype": args.param_dtype,
+      **dataclasses.asdict(args.rope_scaling),
+    }
+  hf = {
+    "architectures": [_HF_ARCH[args.family]],
+    "model_type": args.family,
+    "vocab_size": args.vocab_size,
+    "hidden_size": args.hidden_size,
+    "intermediate_size": args.intermediate_size,
+    "num_hidden_layers": args.num_layers,
+    "num_attention_heads": args.num_heads,
+    "num_key_value_heads": args.num_kv_heads,
+    "head_dim": args.head_dim,
+    "hidden_act": "silu",
+    "max_position_embeddings": args.max_position_embeddings,
+    "rms_norm_eps": args.rms_norm_eps,
+    "tie_word_embeddings": args.tie_embeddings,
+    # Both spellings: transformers 5 reads rope_parameters, 4.x and vLLM read the pair below.
+    "rope_parameters": rope,
+    "rope_theta": args.rope_theta,
+    "rope_scaling": None if args.rope_scaling is None else dict(rope),
+    "torch_dtype": args.param_dtype,
   }
   if args.family == "llama":
     hf["attention_bias"] = args.qkv_bias

@@ -103,7 +103,7 @@ class GGUFFile:
   def _string(self) -> str:
     (length,) = self._unpack("Q")
     start, self._pos = self._pos, self._pos + length
-    return self._blob[start:self._pos].decode("utf-8")
+    return self._blob[start : self._pos].decode("utf-8")
 
   def _value(self, value_type: int, keep: bool) -> Any:
     if value_type in _SCALAR_FORMAT:

@@ -49,10 +49,11 @@ CACHE_AXES = ("layers", "cache_batch", "cache_length", "kv_heads", "head_dim")
 
 # --- rotary embeddings ------------------------------------------------------------------------
 
+
 def rope_inv_freq(args: ModelArgs) -> np.ndarray:
   """Inverse frequencies [head_dim // 2], with Llama 3's band-wise scaling when configured."""
   exponent = np.arange(0, args.head_dim, 2, dtype=np.int64).astype(np.float32) / args.head_dim
-  inv_freq = (1.0 / (args.rope_theta ** exponent)).astype(np.float32)
+  inv_freq = (1.0 / (args.rope_theta**exponent)).astype(np.float32)
   s = args.rope_scaling
   if s is None:
     return inv_freq
@@ -62,7 +63,8 @@ def rope_inv_freq(args: ModelArgs) -> np.ndarray:
   wavelen = 2 * math.pi / inv_freq
   scaled = np.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
   smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
-      s.high_freq_factor - s.low_freq_factor)
+    s.high_freq_factor - s.low_freq_factor
+  )
   smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
   medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
   return np.where(medium, smoothed, scaled).astype(np.float32)
@@ -84,6 +86,7 @@ def apply_rope(x_btnh: Array, cos: Array, sin: Array) -> Array:
 
 # --- layers -------------------------------------------------------------------------------------
 
+
 class RMSNorm(nn.Module):
   eps: float
   dtype: Any
@@ -91,8 +94,12 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                       (x.shape[-1],), self.param_dtype)
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+      (x.shape[-1],),
+      self.param_dtype,
+    )
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return normed.astype(self.dtype) * scale.astype(self.dtype)
@@ -119,25 +126,41 @@ class Proj(nn.Module):
   def __call__(self, x: Array) -> Array:
     n_in = len(self.in_features)
     kernel = self.param(
-        "kernel", nn.with_logical_partitioning(_KERNEL_INIT, self.in_axes + self.out_axes),
-        self.in_features + self.out_features, self.param_dtype)
+      "kernel",
+      nn.with_logical_partitioning(_KERNEL_INIT, self.in_axes + self.out_axes),
+      self.in_features + self.out_features,
+      self.param_dtype,
+    )
     y = self._contract(x.astype(self.dtype), kernel.astype(self.dtype), n_in)
     if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
-                        self.out_features, self.param_dtype)
+      bias = self.param(
+        "bias",
+        nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
+        self.out_features,
+        self.param_dtype,
+      )
       y = y + bias.astype(self.dtype)
     if self.lora_rank and (self.is_initializing() or self.has_variable("lora", "a")):
       a = self.variable(
-          "lora", "a", nn.with_logical_partitioning(
-              _LORA_A_INIT, self.in_axes + ("lora_rank",)),
-          self.make_rng("params") if self.is_initializing() else None,
-          self.in_features + (self.lora_rank,), jnp.float32).value
+        "lora",
+        "a",
+        nn.with_logical_partitioning(_LORA_A_INIT, self.in_axes + ("lora_rank",)),
+        self.make_rng("params") if self.is_initializing() else None,
+        self.in_features + (self.lora_rank,),
+        jnp.float32,
+      ).value
       b = self.variable(
-          "lora", "b", nn.with_logical_partitioning(
-              nn.initializers.zeros, ("lora_rank",) + self.out_axes),
-          None, (self.lora_rank,) + self.out_features, jnp.float32).value
+        "lora",
+        "b",
+        nn.with_logical_partitioning(nn.initializers.zeros, ("lora_rank",) + self.out_axes),
+        None,
+        (self.lora_rank,) + self.out_features,
+        jnp.float32,
+      ).value
       low = self._contract(x.astype(self.dtype), a.astype(self.dtype), n_in)
-      y = y + self._contract(low, b.astype(self.dtype), 1) * jnp.asarray(self.lora_scale, self.dtype)
+      y = y + self._contract(low, b.astype(self.dtype), 1) * jnp.asarray(
+        self.lora_scale, self.dtype
+      )
     return y
 
   @staticmethod
@@ -155,12 +178,23 @@ class DecoderLayer(nn.Module):
   def _proj(self, name, in_f, out_f, in_axes, out_axes, use_bias=False):
     a = self.args
     rank = a.lora_rank if name in a.lora_targets else 0
-    return Proj(in_f, out_f, in_axes, out_axes, dtype=a.dtype, param_dtype=a.param_dtype,
-                use_bias=use_bias, lora_rank=rank, lora_scale=a.lora_scale, name=name)
+    return Proj(
+      in_f,
+      out_f,
+      in_axes,
+      out_axes,
+      dtype=a.dtype,
+      param_dtype=a.param_dtype,
+      use_bias=use_bias,
+      lora_rank=rank,
+      lora_scale=a.lora_scale,
+      name=name,
+    )
 
   @nn.compact
-  def __call__(self, carry, layer: Array, cos: Array, sin: Array, mask_bts: Array,
-               cache_index: Array | None):
+  def __call__(
+    self, carry, layer: Array, cos: Array, sin: Array, mask_bts: Array, cache_index: Array | None
+  ):
     a, mesh = self.args, self.mesh
     x, cache = carry
     d, n, k, h, f = a.hidden_size, a.num_heads, a.num_kv_heads, a.head_dim, a.intermediate_size
@@ -172,13 +206,17 @@ class DecoderLayer(nn.Module):
     kk = self._proj("k_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), a.qkv_bias)(y)
     v = self._proj("v_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), a.qkv_bias)(y)
     q = constrain(apply_rope(q, cos, sin), mesh, ("act_batch", "act_length", "act_heads", None))
-    kk = constrain(apply_rope(kk, cos, sin), mesh, ("act_batch", "act_length", "act_kv_heads", None))
+    kk = constrain(
+      apply_rope(kk, cos, sin), mesh, ("act_batch", "act_length", "act_kv_heads", None)
+    )
     if cache is not None:
       # Write this step's keys/values at [layer, :, cache_index:cache_index+T] in place, then
       # attend over the layer's whole cache (unwritten slots are masked out).
       start = (layer, 0, cache_index, 0, 0)
-      cache = KVCache(jax.lax.dynamic_update_slice(cache.k, kk[None].astype(cache.k.dtype), start),
-                      jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start))
+      cache = KVCache(
+        jax.lax.dynamic_update_slice(cache.k, kk[None].astype(cache.k.dtype), start),
+        jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start),
+      )
       keys = jax.lax.dynamic_index_in_dim(cache.k, layer, 0, keepdims=False).astype(a.dtype)
       values = jax.lax.dynamic_index_in_dim(cache.v, layer, 0, keepdims=False).astype(a.dtype)
     else:
@@ -219,13 +257,24 @@ class Decoder(nn.Module):
   mesh: Mesh | None = None
 
   @nn.compact
-  def __call__(self, tokens_bt: Array, positions_bt: Array, mask_bt: Array | None = None,
-               cache: KVCache | None = None, cache_index: Array | None = None,
-               return_hidden: bool = False, last_only: bool = False):
+  def __call__(
+    self,
+    tokens_bt: Array,
+    positions_bt: Array,
+    mask_bt: Array | None = None,
+    cache: KVCache | None = None,
+    cache_index: Array | None = None,
+    return_hidden: bool = False,
+    last_only: bool = False,
+  ):
     a, mesh = self.args, self.mesh
     b, t = tokens_bt.shape
-    embedding = self.param("embedding", nn.with_logical_partitioning(_KERNEL_INIT, ("vocab", "embed")),
-                           (a.vocab_size, a.hidden_size), a.param_dtype)
+    embedding = self.param(
+      "embedding",
+      nn.with_logical_partitioning(_KERNEL_INIT, ("vocab", "embed")),
+      (a.vocab_size, a.hidden_size),
+      a.param_dtype,
+    )
     # FSDP: gather the table's embed dimension first; a row gather from a table split along
     # embed cannot produce batch-split rows without replicating everything.
     table = constrain(embedding, mesh, ("vocab", None))
@@ -251,12 +300,12 @@ class Decoder(nn.Module):
     if a.remat:
       layer_cls = nn.remat(layer_cls, prevent_cse=False, static_argnums=())
     stack = nn.scan(
-        layer_cls,
-        variable_axes={"params": 0, "lora": 0},
-        split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-        length=a.num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
+      layer_cls,
+      variable_axes={"params": 0, "lora": 0},
+      split_rngs={"params": True},
+      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+      length=a.num_layers,
+      metadata_params={nn.PARTITION_NAME: "layers"},
     )(a, mesh, name="layers")
     (x, cache), _ = stack((x, cache), jnp.arange(a.num_layers), cos, sin, mask_bts, cache_index)
 
@@ -266,12 +315,19 @@ class Decoder(nn.Module):
     if return_hidden:
       return x, cache
     if a.tie_embeddings:
-      logits = jnp.einsum("btd,vd->btv", x, embedding.astype(a.dtype),
-                          preferred_element_type=jnp.float32)
+      logits = jnp.einsum(
+        "btd,vd->btv", x, embedding.astype(a.dtype), preferred_element_type=jnp.float32
+      )
     else:
-      head = self.param("lm_head", nn.with_logical_partitioning(_KERNEL_INIT, ("embed", "vocab")),
-                        (a.hidden_size, a.vocab_size), a.param_dtype)
-      logits = jnp.einsum("btd,dv->btv", x, head.astype(a.dtype), preferred_element_type=jnp.float32)
+      head = self.param(
+        "lm_head",
+        nn.with_logical_partitioning(_KERNEL_INIT, ("embed", "vocab")),
+        (a.hidden_size, a.vocab_size),
+        a.param_dtype,
+      )
+      logits = jnp.einsum(
+        "btd,dv->btv", x, head.astype(a.dtype), preferred_element_type=jnp.float32
+      )
     logits = constrain(logits.astype(jnp.float32), mesh, ("act_batch", "act_length", "act_vocab"))
     return logits, cache
 

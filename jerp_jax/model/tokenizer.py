@@ -41,164 +41,164 @@ _TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 @dataclasses.dataclass(frozen=True)
 class Tokenizer:
-    """A loaded tokenizer and the ids generation needs.
+  """A loaded tokenizer and the ids generation needs.
 
-    hf: the underlying fast tokenizer.
-    eos_ids: every id that ends generation (the tokenizer's eos, then any from generation_config.json,
-        then end-of-turn tokens the chat template writes, e.g. `<|im_end|>`), without repeats.
-    pad_id: the pad id; the first eos id when the tokenizer has no pad token.
-    bos_id: the bos id, or None.
-    source: the folder or .gguf file this was loaded from.
-    """
+  hf: the underlying fast tokenizer.
+  eos_ids: every id that ends generation (the tokenizer's eos, then any from generation_config.json,
+      then end-of-turn tokens the chat template writes, e.g. `<|im_end|>`), without repeats.
+  pad_id: the pad id; the first eos id when the tokenizer has no pad token.
+  bos_id: the bos id, or None.
+  source: the folder or .gguf file this was loaded from.
+  """
 
-    hf: transformers.PreTrainedTokenizerBase
-    eos_ids: tuple[int, ...]
-    pad_id: int
-    bos_id: int | None
-    source: str
+  hf: transformers.PreTrainedTokenizerBase
+  eos_ids: tuple[int, ...]
+  pad_id: int
+  bos_id: int | None
+  source: str
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        """Token ids of `text`. With `add_special_tokens`, BOS/EOS are added as the tokenizer's flags say."""
-        return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of `text`. With `add_special_tokens`, BOS/EOS are added as the tokenizer's flags say."""
+    return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
 
-    def decode(self, ids: Iterable[int] | np.ndarray, skip_special_tokens: bool = False) -> str:
-        """Text of `ids` (a list, tuple, or numpy/JAX integer array)."""
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+  def decode(self, ids: Iterable[int] | np.ndarray, skip_special_tokens: bool = False) -> str:
+    """Text of `ids` (a list, tuple, or numpy/JAX integer array)."""
+    if hasattr(ids, "tolist"):
+      ids = ids.tolist()
+    return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
-    ) -> str:
-        """The chat template rendered over `messages` (dicts with "role" and "content"), as text."""
-        if not self.hf.chat_template:
-            raise ValueError(f"The tokenizer loaded from {self.source} has no chat template.")
-        text = self.hf.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-        assert isinstance(text, str)
-        return text
+  def apply_chat_template(
+    self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+  ) -> str:
+    """The chat template rendered over `messages` (dicts with "role" and "content"), as text."""
+    if not self.hf.chat_template:
+      raise ValueError(f"The tokenizer loaded from {self.source} has no chat template.")
+    text = self.hf.apply_chat_template(
+      messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    assert isinstance(text, str)
+    return text
 
-    def encode_chat(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
-    ) -> list[int]:
-        """Ids of the templated text. No special tokens are added: the template already writes them."""
-        text = self.apply_chat_template(messages, add_generation_prompt)
-        return self.encode(text, add_special_tokens=False)
+  def encode_chat(
+    self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+  ) -> list[int]:
+    """Ids of the templated text. No special tokens are added: the template already writes them."""
+    text = self.apply_chat_template(messages, add_generation_prompt)
+    return self.encode(text, add_special_tokens=False)
 
-    @property
-    def vocab_size(self) -> int:
-        """How many ids the tokenizer can produce, added tokens included.
+  @property
+  def vocab_size(self) -> int:
+    """How many ids the tokenizer can produce, added tokens included.
 
-        A model's embedding table may have more rows (padded vocabularies)."""
-        return len(self.hf)
+    A model's embedding table may have more rows (padded vocabularies)."""
+    return len(self.hf)
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
-    """Load the tokenizer of an HF model folder or of a .gguf file."""
-    source = os.fspath(path)
-    if os.path.isdir(source):
-        return _load_hf_folder(source)
-    if os.path.isfile(source):
-        return _load_gguf(source)
-    raise FileNotFoundError(
-        f"No tokenizer at {source!r}: expected a Hugging Face model folder with tokenizer.json "
-        "(or tokenizer_config.json) or a .gguf file."
-    )
+  """Load the tokenizer of an HF model folder or of a .gguf file."""
+  source = os.fspath(path)
+  if os.path.isdir(source):
+    return _load_hf_folder(source)
+  if os.path.isfile(source):
+    return _load_gguf(source)
+  raise FileNotFoundError(
+    f"No tokenizer at {source!r}: expected a Hugging Face model folder with tokenizer.json "
+    "(or tokenizer_config.json) or a .gguf file."
+  )
 
 
 # --- Hugging Face folder -------------------------------------------------------------------------
 
 
 def _load_hf_folder(folder: str) -> Tokenizer:
-    if not any(os.path.isfile(os.path.join(folder, name)) for name in _HF_TOKENIZER_FILES):
-        ggufs = sorted(name for name in os.listdir(folder) if name.endswith(".gguf"))
-        hint = f" It holds {', '.join(ggufs)}: pass the .gguf file's path instead." if ggufs else ""
-        expected = ", ".join(_HF_TOKENIZER_FILES)
-        raise FileNotFoundError(
-            f"The folder {folder!r} has no tokenizer files (expected one of {expected}).{hint}"
-        )
-    hf = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    extra_eos: list[int] = []
-    generation_config = os.path.join(folder, "generation_config.json")
-    if os.path.isfile(generation_config):
-        with open(generation_config, encoding="utf-8") as f:
-            eos = json.load(f).get("eos_token_id")
-        if eos is not None:
-            extra_eos = [int(i) for i in (eos if isinstance(eos, list) else [eos])]
-    return _wrap(hf, folder, extra_eos)
+  if not any(os.path.isfile(os.path.join(folder, name)) for name in _HF_TOKENIZER_FILES):
+    ggufs = sorted(name for name in os.listdir(folder) if name.endswith(".gguf"))
+    hint = f" It holds {', '.join(ggufs)}: pass the .gguf file's path instead." if ggufs else ""
+    expected = ", ".join(_HF_TOKENIZER_FILES)
+    raise FileNotFoundError(
+      f"The folder {folder!r} has no tokenizer files (expected one of {expected}).{hint}"
+    )
+  hf = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+  extra_eos: list[int] = []
+  generation_config = os.path.join(folder, "generation_config.json")
+  if os.path.isfile(generation_config):
+    with open(generation_config, encoding="utf-8") as f:
+      eos = json.load(f).get("eos_token_id")
+    if eos is not None:
+      extra_eos = [int(i) for i in (eos if isinstance(eos, list) else [eos])]
+  return _wrap(hf, folder, extra_eos)
 
 
 def _wrap(
-    hf: transformers.PreTrainedTokenizerBase, source: str, extra_eos: Sequence[int] = ()
+  hf: transformers.PreTrainedTokenizerBase, source: str, extra_eos: Sequence[int] = ()
 ) -> Tokenizer:
-    """A `Tokenizer` around `hf`, with eos/pad/bos ids gathered as `Tokenizer` documents."""
-    eos: list[int] = []
-    candidates: list[int | None] = [hf.eos_token_id, *extra_eos]
-    template = hf.chat_template if isinstance(hf.chat_template, str) else ""
-    vocab = hf.get_vocab()
-    candidates += [vocab.get(token) for token in _TURN_END_TOKENS if token in template]
-    for token_id in candidates:
-        if token_id is not None and token_id not in eos:
-            eos.append(int(token_id))
-    if not eos:
-        raise ValueError(
-            f"The tokenizer loaded from {source} has no eos token and no generation_config.json eos ids."
-        )
-    pad_id = hf.pad_token_id if hf.pad_token_id is not None else eos[0]
-    return Tokenizer(
-        hf=hf, eos_ids=tuple(eos), pad_id=int(pad_id), bos_id=hf.bos_token_id, source=source
+  """A `Tokenizer` around `hf`, with eos/pad/bos ids gathered as `Tokenizer` documents."""
+  eos: list[int] = []
+  candidates: list[int | None] = [hf.eos_token_id, *extra_eos]
+  template = hf.chat_template if isinstance(hf.chat_template, str) else ""
+  vocab = hf.get_vocab()
+  candidates += [vocab.get(token) for token in _TURN_END_TOKENS if token in template]
+  for token_id in candidates:
+    if token_id is not None and token_id not in eos:
+      eos.append(int(token_id))
+  if not eos:
+    raise ValueError(
+      f"The tokenizer loaded from {source} has no eos token and no generation_config.json eos ids."
     )
+  pad_id = hf.pad_token_id if hf.pad_token_id is not None else eos[0]
+  return Tokenizer(
+    hf=hf, eos_ids=tuple(eos), pad_id=int(pad_id), bos_id=hf.bos_token_id, source=source
+  )
 
 
 # --- GGUF ----------------------------------------------------------------------------------------
 
+
 def _load_gguf(path: str) -> Tokenizer:
-    # Imported here: importing the submodule directly skips the package's torch-importing GGUF reader.
-    from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping
+  # Imported here: importing the submodule directly skips the package's torch-importing GGUF reader.
+  from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping
 
-    meta = GGUFFile(path, prefixes=("tokenizer.", "general.architecture"), tensors=False).metadata
-    keys = gguf.Keys.Tokenizer
-    tokenizer_type = meta.get(keys.MODEL)
-    if tokenizer_type is None or keys.LIST not in meta:
-        raise ValueError(f"{path} has no tokenizer in its metadata (no {keys.MODEL} / {keys.LIST}).")
-    architecture = meta.get("general.architecture", "")
-    try:
-        mapping.select_tokenizer_builder(architecture, tokenizer_type)
-    except ValueError as e:
-        raise ValueError(
-            f"{path}: cannot build a tokenizer for GGUF tokenizer model {tokenizer_type!r} "
-            f"(architecture {architecture!r}): {e}"
-        ) from None
+  meta = GGUFFile(path, prefixes=("tokenizer.", "general.architecture"), tensors=False).metadata
+  keys = gguf.Keys.Tokenizer
+  tokenizer_type = meta.get(keys.MODEL)
+  if tokenizer_type is None or keys.LIST not in meta:
+    raise ValueError(f"{path} has no tokenizer in its metadata (no {keys.MODEL} / {keys.LIST}).")
+  architecture = meta.get("general.architecture", "")
+  try:
+    mapping.select_tokenizer_builder(architecture, tokenizer_type)
+  except ValueError as e:
+    raise ValueError(
+      f"{path}: cannot build a tokenizer for GGUF tokenizer model {tokenizer_type!r} "
+      f"(architecture {architecture!r}): {e}"
+    ) from None
 
-    # The dict transformers' converter reads, under its names, with what the file has.
-    renames = {
+  # The dict transformers' converter reads, under its names, with what the file has.
+  renames = {
         keys.MODEL: "tokenizer_type", keys.PRE: "pre_tokenizer_type", keys.LIST: "tokens",
         keys.SCORES: "scores", keys.TOKEN_TYPE: "token_type", keys.MERGES: "merges",
         keys.PRECOMPILED_CHARSMAP: "precompiled_charsmap", keys.BOS_ID: "bos_token_id",
         keys.EOS_ID: "eos_token_id", keys.UNK_ID: "unk_token_id", keys.PAD_ID: "pad_token_id",
         keys.ADD_PREFIX: "add_prefix_space",
     }  # fmt: skip
-    tokenizer_dict = {name: meta[key] for key, name in renames.items() if key in meta}
-    backend, _ = mapping.convert_gguf_tokenizer(architecture, tokenizer_dict)
+  tokenizer_dict = {name: meta[key] for key, name in renames.items() if key in meta}
+  backend, _ = mapping.convert_gguf_tokenizer(architecture, tokenizer_dict)
 
-    tokens = tokenizer_dict["tokens"]
-    special_ids = {"bos": keys.BOS_ID, "eos": keys.EOS_ID, "unk": keys.UNK_ID, "pad": keys.PAD_ID}
-    special = {
-        f"{name}_token": tokens[meta[key]] if key in meta else None for name, key in special_ids.items()
-    }
-    flag_keys = {"add_bos_token": keys.ADD_BOS, "add_eos_token": keys.ADD_EOS}
-    flags: dict[str, Any] = {name: meta[key] for name, key in flag_keys.items() if key in meta}
-    if tokenizer_type == "llama":
-        flags.setdefault("add_bos_token", True)  # llama.cpp's default for sentencepiece vocabularies
-    elif tokenizer_type == "gemma4":
-        flags["add_bos_token"] = False  # its chat template writes <bos> itself
-    if keys.CHAT_TEMPLATE in meta:
-        flags["chat_template"] = meta[keys.CHAT_TEMPLATE]
+  tokens = tokenizer_dict["tokens"]
+  special_ids = {"bos": keys.BOS_ID, "eos": keys.EOS_ID, "unk": keys.UNK_ID, "pad": keys.PAD_ID}
+  special = {
+    f"{name}_token": tokens[meta[key]] if key in meta else None for name, key in special_ids.items()
+  }
+  flag_keys = {"add_bos_token": keys.ADD_BOS, "add_eos_token": keys.ADD_EOS}
+  flags: dict[str, Any] = {name: meta[key] for name, key in flag_keys.items() if key in meta}
+  if tokenizer_type == "llama":
+    flags.setdefault("add_bos_token", True)  # llama.cpp's default for sentencepiece vocabularies
+  elif tokenizer_type == "gemma4":
+    flags["add_bos_token"] = False  # its chat template writes <bos> itself
+  if keys.CHAT_TEMPLATE in meta:
+    flags["chat_template"] = meta[keys.CHAT_TEMPLATE]
 
-    hf = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, name_or_path=path, **special, **flags
-    )
-    extra_eos = [meta[key] for key in (keys.EOT_ID, keys.EOM_ID) if key in meta]
-    return _wrap(hf, path, extra_eos)
-
+  hf = transformers.PreTrainedTokenizerFast(
+    tokenizer_object=backend, name_or_path=path, **special, **flags
+  )
+  extra_eos = [meta[key] for key in (keys.EOT_ID, keys.EOM_ID) if key in meta]
+  return _wrap(hf, path, extra_eos)

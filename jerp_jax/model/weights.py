@@ -55,47 +55,47 @@ class Rule:
     if self.kind == "flat":
       return w.reshape(-1)
     if self.kind == "linear":
-      n_in = int(np.prod(w.shape[:self.in_dims]))
+      n_in = int(np.prod(w.shape[: self.in_dims]))
       return w.reshape(n_in, -1).T
     return w
 
 
 _L = "model.layers.{i}."
 HF_TABLE: tuple[Rule, ...] = (
-    Rule("model.embed_tokens.weight", "params/embedding", "copy"),
-    Rule("model.norm.weight", "params/final_norm/scale", "copy"),
-    Rule("lm_head.weight", "params/lm_head", "linear"),  # absent when embeddings are tied
-    Rule(_L + "input_layernorm.weight", "params/layers/input_norm/scale", "copy"),
-    Rule(_L + "post_attention_layernorm.weight", "params/layers/post_attn_norm/scale", "copy"),
-    Rule(_L + "self_attn.q_proj.weight", "params/layers/q_proj/kernel", "linear"),
-    Rule(_L + "self_attn.k_proj.weight", "params/layers/k_proj/kernel", "linear"),
-    Rule(_L + "self_attn.v_proj.weight", "params/layers/v_proj/kernel", "linear"),
-    Rule(_L + "self_attn.q_proj.bias", "params/layers/q_proj/bias", "flat"),
-    Rule(_L + "self_attn.k_proj.bias", "params/layers/k_proj/bias", "flat"),
-    Rule(_L + "self_attn.v_proj.bias", "params/layers/v_proj/bias", "flat"),
-    Rule(_L + "self_attn.o_proj.weight", "params/layers/o_proj/kernel", "linear", in_dims=2),
-    Rule(_L + "mlp.gate_proj.weight", "params/layers/gate_proj/kernel", "linear"),
-    Rule(_L + "mlp.up_proj.weight", "params/layers/up_proj/kernel", "linear"),
-    Rule(_L + "mlp.down_proj.weight", "params/layers/down_proj/kernel", "linear"),
+  Rule("model.embed_tokens.weight", "params/embedding", "copy"),
+  Rule("model.norm.weight", "params/final_norm/scale", "copy"),
+  Rule("lm_head.weight", "params/lm_head", "linear"),  # absent when embeddings are tied
+  Rule(_L + "input_layernorm.weight", "params/layers/input_norm/scale", "copy"),
+  Rule(_L + "post_attention_layernorm.weight", "params/layers/post_attn_norm/scale", "copy"),
+  Rule(_L + "self_attn.q_proj.weight", "params/layers/q_proj/kernel", "linear"),
+  Rule(_L + "self_attn.k_proj.weight", "params/layers/k_proj/kernel", "linear"),
+  Rule(_L + "self_attn.v_proj.weight", "params/layers/v_proj/kernel", "linear"),
+  Rule(_L + "self_attn.q_proj.bias", "params/layers/q_proj/bias", "flat"),
+  Rule(_L + "self_attn.k_proj.bias", "params/layers/k_proj/bias", "flat"),
+  Rule(_L + "self_attn.v_proj.bias", "params/layers/v_proj/bias", "flat"),
+  Rule(_L + "self_attn.o_proj.weight", "params/layers/o_proj/kernel", "linear", in_dims=2),
+  Rule(_L + "mlp.gate_proj.weight", "params/layers/gate_proj/kernel", "linear"),
+  Rule(_L + "mlp.up_proj.weight", "params/layers/up_proj/kernel", "linear"),
+  Rule(_L + "mlp.down_proj.weight", "params/layers/down_proj/kernel", "linear"),
 )
 
 # llama.cpp name -> HF name. `{i}` is the layer.
 GGUF_NAMES: tuple[tuple[str, str], ...] = (
-    ("token_embd.weight", "model.embed_tokens.weight"),
-    ("output_norm.weight", "model.norm.weight"),
-    ("output.weight", "lm_head.weight"),
-    ("blk.{i}.attn_norm.weight", _L + "input_layernorm.weight"),
-    ("blk.{i}.ffn_norm.weight", _L + "post_attention_layernorm.weight"),
-    ("blk.{i}.attn_q.weight", _L + "self_attn.q_proj.weight"),
-    ("blk.{i}.attn_k.weight", _L + "self_attn.k_proj.weight"),
-    ("blk.{i}.attn_v.weight", _L + "self_attn.v_proj.weight"),
-    ("blk.{i}.attn_q.bias", _L + "self_attn.q_proj.bias"),
-    ("blk.{i}.attn_k.bias", _L + "self_attn.k_proj.bias"),
-    ("blk.{i}.attn_v.bias", _L + "self_attn.v_proj.bias"),
-    ("blk.{i}.attn_output.weight", _L + "self_attn.o_proj.weight"),
-    ("blk.{i}.ffn_gate.weight", _L + "mlp.gate_proj.weight"),
-    ("blk.{i}.ffn_up.weight", _L + "mlp.up_proj.weight"),
-    ("blk.{i}.ffn_down.weight", _L + "mlp.down_proj.weight"),
+  ("token_embd.weight", "model.embed_tokens.weight"),
+  ("output_norm.weight", "model.norm.weight"),
+  ("output.weight", "lm_head.weight"),
+  ("blk.{i}.attn_norm.weight", _L + "input_layernorm.weight"),
+  ("blk.{i}.ffn_norm.weight", _L + "post_attention_layernorm.weight"),
+  ("blk.{i}.attn_q.weight", _L + "self_attn.q_proj.weight"),
+  ("blk.{i}.attn_k.weight", _L + "self_attn.k_proj.weight"),
+  ("blk.{i}.attn_v.weight", _L + "self_attn.v_proj.weight"),
+  ("blk.{i}.attn_q.bias", _L + "self_attn.q_proj.bias"),
+  ("blk.{i}.attn_k.bias", _L + "self_attn.k_proj.bias"),
+  ("blk.{i}.attn_v.bias", _L + "self_attn.v_proj.bias"),
+  ("blk.{i}.attn_output.weight", _L + "self_attn.o_proj.weight"),
+  ("blk.{i}.ffn_gate.weight", _L + "mlp.gate_proj.weight"),
+  ("blk.{i}.ffn_up.weight", _L + "mlp.up_proj.weight"),
+  ("blk.{i}.ffn_down.weight", _L + "mlp.down_proj.weight"),
 )
 GGUF_ARCHITECTURES = ("llama", "qwen2")
 
@@ -116,6 +116,7 @@ class SafetensorsSource:
 
   def __init__(self, folder: str):
     from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
     self.path = folder
     index = os.path.join(folder, "model.safetensors.index.json")
     single = os.path.join(folder, "model.safetensors")
@@ -126,8 +127,9 @@ class SafetensorsSource:
       weight_map = None
     else:
       raise FileNotFoundError(
-          f"{folder}: no model.safetensors or model.safetensors.index.json "
-          "(expected a Hugging Face model folder saved with safetensors)")
+        f"{folder}: no model.safetensors or model.safetensors.index.json "
+        "(expected a Hugging Face model folder saved with safetensors)"
+      )
     files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
     self._handles = {}
     self._where: dict[str, str] = {}
@@ -169,15 +171,20 @@ class GGUFSource:
     self.meta = self.file.metadata
     arch = self.meta.get("general.architecture")
     if arch not in GGUF_ARCHITECTURES:
-      raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; "
-                       f"expected one of {GGUF_ARCHITECTURES}")
+      raise ValueError(
+        f"{path}: GGUF architecture {arch!r} is not supported; expected one of {GGUF_ARCHITECTURES}"
+      )
     self.arch = arch
     self._tensors = self.file.tensors
     if "rope_freqs.weight" in self._tensors or self.meta.get(f"{arch}.rope.scaling.type") not in (
-        None, "none"):
+      None,
+      "none",
+    ):
       # llama.cpp stores Llama 3 / YaRN scaling as per-dimension factors we do not map yet.
-      raise ValueError(f"{path}: GGUF with RoPE scaling (Llama 3.1+/YaRN) is not supported; "
-                       "load the model's Hugging Face folder instead")
+      raise ValueError(
+        f"{path}: GGUF with RoPE scaling (Llama 3.1+/YaRN) is not supported; "
+        "load the model's Hugging Face folder instead"
+      )
     self._hf_to_gguf: dict[str, str] = {}
     for gguf_name in self._tensors:
       for g_tmpl, hf_tmpl in GGUF_NAMES:
@@ -188,25 +195,34 @@ class GGUFSource:
 
   def model_args(self, **runtime) -> ModelArgs:
     a, m = self.arch, self.meta
+
     def get(key, default=None):
       value = m.get(f"{a}.{key}", default)
       if value is None:
         raise ValueError(f"{self.path}: GGUF metadata lacks {a}.{key}")
       return value
+
     # GGUF stores float32: take the shortest decimal that rounds to it (1e-05, not 9.99999974e-06).
     f32 = lambda v: float(str(np.float32(v)))
     heads = int(get("attention.head_count"))
     hidden = int(get("embedding_length"))
     vocab = m.get(f"{a}.vocab_size") or self._tensors["token_embd.weight"].shape[0]
     return ModelArgs(
-        family=a, vocab_size=int(vocab), hidden_size=hidden,
-        intermediate_size=int(get("feed_forward_length")), num_layers=int(get("block_count")),
-        num_heads=heads, num_kv_heads=int(get("attention.head_count_kv", heads)),
-        head_dim=int(m.get(f"{a}.rope.dimension_count") or hidden // heads),
-        rope_theta=f32(get("rope.freq_base", 10000.0)),
-        rms_norm_eps=f32(get("attention.layer_norm_rms_epsilon")),
-        tie_embeddings="output.weight" not in self._tensors, qkv_bias=a == "qwen2",
-        max_position_embeddings=int(get("context_length", 4096)), **runtime)
+      family=a,
+      vocab_size=int(vocab),
+      hidden_size=hidden,
+      intermediate_size=int(get("feed_forward_length")),
+      num_layers=int(get("block_count")),
+      num_heads=heads,
+      num_kv_heads=int(get("attention.head_count_kv", heads)),
+      head_dim=int(m.get(f"{a}.rope.dimension_count") or hidden // heads),
+      rope_theta=f32(get("rope.freq_base", 10000.0)),
+      rms_norm_eps=f32(get("attention.layer_norm_rms_epsilon")),
+      tie_embeddings="output.weight" not in self._tensors,
+      qkv_bias=a == "qwen2",
+      max_position_embeddings=int(get("context_length", 4096)),
+      **runtime,
+    )
 
   def names(self) -> set[str]:
     return set(self._hf_to_gguf)
@@ -222,12 +238,15 @@ class GGUFSource:
 def open_source(path: str) -> SafetensorsSource | GGUFSource:
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f"model.path={path!r} does not exist; expected a Hugging Face model folder "
-        "(config.json + safetensors) or a .gguf file")
+      f"model.path={path!r} does not exist; expected a Hugging Face model folder "
+      "(config.json + safetensors) or a .gguf file"
+    )
   if os.path.isdir(path):
     if not os.path.exists(os.path.join(path, "config.json")):
-      raise FileNotFoundError(f"model.path={path!r}: no config.json in the folder; expected a "
-                              "Hugging Face model folder (config.json + safetensors)")
+      raise FileNotFoundError(
+        f"model.path={path!r}: no config.json in the folder; expected a "
+        "Hugging Face model folder (config.json + safetensors)"
+      )
     return SafetensorsSource(path)
   if path.endswith(".gguf"):
     return GGUFSource(path)
@@ -258,8 +277,13 @@ def _expand(rule: Rule, num_layers: int) -> Iterator[tuple[int | None, str]]:
     yield None, rule.hf
 
 
-def load_params(source, args: ModelArgs, abstract_params: dict, shardings: dict,
-                progress: Callable[[str], None] | None = None) -> dict:
+def load_params(
+  source,
+  args: ModelArgs,
+  abstract_params: dict,
+  shardings: dict,
+  progress: Callable[[str], None] | None = None,
+) -> dict:
   """Our `params` tree, sharded, from an HF-named tensor source.
 
   abstract_params/shardings: flat dicts path -> ShapeDtypeStruct / Sharding for the `params`
@@ -281,18 +305,23 @@ def load_params(source, args: ModelArgs, abstract_params: dict, shardings: dict,
         raise KeyError(f"{source.path}: tensor {name!r} is missing (needed for {path})")
       w = source.get(name)
       if w.size != int(np.prod(shape)):
-        raise ValueError(f"{source.path}: tensor {name!r} has shape {w.shape}; {path} needs "
-                         f"{int(np.prod(shape))} elements as {shape} (does config match weights?)")
+        raise ValueError(
+          f"{source.path}: tensor {name!r} has shape {w.shape}; {path} needs "
+          f"{int(np.prod(shape))} elements as {shape} (does config match weights?)"
+        )
       parts.append(rule.to_ours(w, shape).astype(np_dtype(args.param_dtype)))
       used.add(name)
     host = np.stack(parts) if stacked else parts[0]
-    out[path] = jax.make_array_from_callback(host.shape, shardings[path], lambda idx, h=host: h[idx])
+    out[path] = jax.make_array_from_callback(
+      host.shape, shardings[path], lambda idx, h=host: h[idx]
+    )
     if progress:
       progress(path)
   unused = available - used
   if unused:
-    logging.info("%s: %d checkpoint tensors not used (e.g. %s)", source.path, len(unused),
-                 sorted(unused)[:3])
+    logging.info(
+      "%s: %d checkpoint tensors not used (e.g. %s)", source.path, len(unused), sorted(unused)[:3]
+    )
   return out
 
 
@@ -317,10 +346,17 @@ def merge_lora(args: ModelArgs, variables: dict) -> dict:
   return merged
 
 
-def export_hf(args: ModelArgs, variables: dict, out_dir: str, dtype: str | None = None,
-              tokenizer=None, max_shard_bytes: int = 2 << 30) -> str:
+def export_hf(
+  args: ModelArgs,
+  variables: dict,
+  out_dir: str,
+  dtype: str | None = None,
+  tokenizer=None,
+  max_shard_bytes: int = 2 << 30,
+) -> str:
   """Writes an HF folder (config.json + safetensors, sharded past max_shard_bytes), LoRA merged."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
   dtype = dtype or args.param_dtype
   os.makedirs(out_dir, exist_ok=True)
   params = merge_lora(args, variables)
@@ -352,16 +388,32 @@ def export_hf(args: ModelArgs, variables: dict, out_dir: str, dtype: str | None 
       save_file(shard, os.path.join(out_dir, fname), metadata={"format": "pt"})
       weight_map.update({k: fname for k in shard})
     with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-      json.dump({"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
-                 "weight_map": weight_map}, f, indent=2)
+      json.dump(
+        {
+          "metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+          "weight_map": weight_map,
+        },
+        f,
+        indent=2,
+      )
   hf_cfg = config_lib.to_hf_config(args.replace(param_dtype=dtype))
   if tokenizer is not None:
-    hf_cfg.update(bos_token_id=tokenizer.bos_id, eos_token_id=list(tokenizer.eos_ids)[0],
-                  pad_token_id=tokenizer.pad_id)
+    hf_cfg.update(
+      bos_token_id=tokenizer.bos_id,
+      eos_token_id=list(tokenizer.eos_ids)[0],
+      pad_token_id=tokenizer.pad_id,
+    )
     tokenizer.hf.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-      json.dump({"eos_token_id": list(tokenizer.eos_ids), "pad_token_id": tokenizer.pad_id,
-                 "bos_token_id": tokenizer.bos_id}, f, indent=2)
+      json.dump(
+        {
+          "eos_token_id": list(tokenizer.eos_ids),
+          "pad_token_id": tokenizer.pad_id,
+          "bos_token_id": tokenizer.bos_id,
+        },
+        f,
+        indent=2,
+      )
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(hf_cfg, f, indent=2)
   return out_dir

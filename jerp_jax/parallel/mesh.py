@@ -21,27 +21,27 @@ AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axes. Parameters first, then activations, then the KV cache.
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    # parameters
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("head_dim", None),
-    ("layers", None),
-    ("norm", None),
-    ("lora_rank", None),
-    # activations
-    ("act_batch", ("data", "fsdp")),
-    ("act_length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-    # KV cache [layers, batch, length, kv_heads, head_dim]
-    ("cache_batch", ("data", "fsdp")),
-    ("cache_length", None),
+  # parameters
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("mlp", "tensor"),
+  ("head_dim", None),
+  ("layers", None),
+  ("norm", None),
+  ("lora_rank", None),
+  # activations
+  ("act_batch", ("data", "fsdp")),
+  ("act_length", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_kv_heads", "tensor"),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
+  # KV cache [layers, batch, length, kv_heads, head_dim]
+  ("cache_batch", ("data", "fsdp")),
+  ("cache_length", None),
 )
 
 
@@ -64,11 +64,15 @@ def resolve_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int, int
       raise ValueError(f"mesh.shape={shape}: {num_devices} devices are not divisible by {known}")
     shape = tuple(num_devices // known if s == -1 else s for s in shape)
   if math.prod(shape) != num_devices:
-    raise ValueError(f"mesh.shape={shape} needs {math.prod(shape)} devices; {num_devices} available")
+    raise ValueError(
+      f"mesh.shape={shape} needs {math.prod(shape)} devices; {num_devices} available"
+    )
   return shape  # type: ignore[return-value]
 
 
-def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  shape: Sequence[int] = (1, -1, 1), devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   resolved = resolve_shape(shape, len(devices))
   return Mesh(np.asarray(devices, dtype=object).reshape(resolved), AXES)
@@ -112,6 +116,7 @@ def check_divisible(mesh: Mesh, sizes: dict[str, tuple[str, int]]) -> None:
     if size % ways:
       spec = logical_spec((axis,))[0]
       raise ValueError(
-          f"{field}={size} is not divisible by {ways}, the size of mesh axis {spec!r} that "
-          f"shards '{axis}' (mesh shape {dict(mesh.shape)}); choose a mesh.shape whose "
-          f"{spec!r} size divides {size}")
+        f"{field}={size} is not divisible by {ways}, the size of mesh axis {spec!r} that "
+        f"shards '{axis}' (mesh shape {dict(mesh.shape)}); choose a mesh.shape whose "
+        f"{spec!r} size divides {size}"
+      )

@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
 def validate_config(c: ml_collections.ConfigDict) -> None:
   def fail(field, expected):
     raise ValueError(f"sampling.{field}={c[field]!r}: expected {expected}")
+
   if c.max_new_tokens < 1:
     fail("max_new_tokens", "a positive integer")
   if c.temperature < 0:
@@ -90,8 +91,16 @@ class DecodeState:
 
 # --- pure sampling functions --------------------------------------------------------------------
 
-def sample_logits(logits_bv: jax.Array, rng: jax.Array, temperature: jax.Array, *, greedy: bool,
-                  top_k: int, top_p: float) -> tuple[jax.Array, jax.Array]:
+
+def sample_logits(
+  logits_bv: jax.Array,
+  rng: jax.Array,
+  temperature: jax.Array,
+  *,
+  greedy: bool,
+  top_k: int,
+  top_p: float,
+) -> tuple[jax.Array, jax.Array]:
   """Next tokens [B] and their log-probs [B] under log_softmax(logits / temperature)."""
   if greedy:
     tokens = jnp.argmax(logits_bv, axis=-1)
@@ -121,12 +130,21 @@ def bucket(length: int, minimum: int) -> int:
 
 # --- the sampler --------------------------------------------------------------------------------
 
+
 class Sampler:
   """Generates for a batch of token-id prompts with the given weights."""
 
-  def __init__(self, model: Decoder, mesh: Mesh, eos_ids: Sequence[int], pad_id: int,
-               tokenizer: Any = None, max_seq_len: int | None = None, min_prompt_bucket: int = 32,
-               decode_chunk: int = 16):
+  def __init__(
+    self,
+    model: Decoder,
+    mesh: Mesh,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    tokenizer: Any = None,
+    max_seq_len: int | None = None,
+    min_prompt_bucket: int = 32,
+    decode_chunk: int = 16,
+  ):
     self.model = model
     self.mesh = mesh
     self.eos_ids = tuple(int(e) for e in eos_ids)
@@ -146,21 +164,25 @@ class Sampler:
     b, total = tokens.shape
     args = self.model.args
     cache = jax.lax.with_sharding_constraint(
-        KVCache.zeros(args, b, total, args.dtype), KVCache(self._cache, self._cache))
+      KVCache.zeros(args, b, total, args.dtype), KVCache(self._cache, self._cache)
+    )
     prompt_valid = valid[:, :p]
     positions = jnp.maximum(jnp.cumsum(prompt_valid.astype(jnp.int32), axis=1) - 1, 0)
-    logits, cache = self.model.apply(variables, tokens[:, :p], positions, valid, cache,
-                                     jnp.int32(0), last_only=True)
+    logits, cache = self.model.apply(
+      variables, tokens[:, :p], positions, valid, cache, jnp.int32(0), last_only=True
+    )
     rng, key = jax.random.split(rng)
-    first, logp = sample_logits(logits[:, 0], key, temperature, greedy=greedy, top_k=top_k,
-                                top_p=top_p)
+    first, logp = sample_logits(
+      logits[:, 0], key, temperature, greedy=greedy, top_k=top_k, top_p=top_p
+    )
     tokens = tokens.at[:, p].set(first)
     valid = valid.at[:, p].set(True)
     n = total - p
     logprobs = jnp.zeros((b, n), jnp.float32).at[:, 0].set(logp)
     done = jnp.isin(first, jnp.asarray(self.eos_ids)) | (n == 1)
-    return DecodeState(tokens, valid, cache, positions[:, -1] + 1, logprobs, done, jnp.int32(1),
-                       rng, p)
+    return DecodeState(
+      tokens, valid, cache, positions[:, -1] + 1, logprobs, done, jnp.int32(1), rng, p
+    )
 
   @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6), donate_argnums=(2,))
   def _decode(self, variables, state: DecodeState, steps, greedy, top_k, top_p, temperature):
@@ -174,26 +196,45 @@ class Sampler:
     def body(s: DecodeState):
       slot = p + s.step - 1  # the newest token: feed it, write its keys at its slot
       last = jax.lax.dynamic_slice_in_dim(s.tokens, slot, 1, axis=1)
-      logits, cache = self.model.apply(variables, last, s.positions[:, None], s.valid, s.cache,
-                                       slot)
+      logits, cache = self.model.apply(
+        variables, last, s.positions[:, None], s.valid, s.cache, slot
+      )
       rng, key = jax.random.split(s.rng)
-      nxt, logp = sample_logits(logits[:, 0], key, temperature, greedy=greedy, top_k=top_k,
-                                top_p=top_p)
+      nxt, logp = sample_logits(
+        logits[:, 0], key, temperature, greedy=greedy, top_k=top_k, top_p=top_p
+      )
       live = ~s.done
       nxt = jnp.where(live, nxt, self.pad_id)
       tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, nxt[:, None], slot + 1, axis=1)
       valid = jax.lax.dynamic_update_slice_in_dim(s.valid, live[:, None], slot + 1, axis=1)
       logprobs = jax.lax.dynamic_update_slice_in_dim(
-          s.logprobs, jnp.where(live, logp, 0.0)[:, None], s.step, axis=1)
+        s.logprobs, jnp.where(live, logp, 0.0)[:, None], s.step, axis=1
+      )
       done = s.done | jnp.isin(nxt, eos)
-      return s.replace(tokens=tokens, valid=valid, cache=cache, positions=s.positions + 1,
-                       logprobs=logprobs, done=done, step=s.step + 1, rng=rng)
+      return s.replace(
+        tokens=tokens,
+        valid=valid,
+        cache=cache,
+        positions=s.positions + 1,
+        logprobs=logprobs,
+        done=done,
+        step=s.step + 1,
+        rng=rng,
+      )
 
     return jax.lax.while_loop(cond, body, state)
 
-  def generate(self, variables, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-               stop_strings: Sequence[str] = (), seed: int = 0) -> list[Completion]:
+  def generate(
+    self,
+    variables,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop_strings: Sequence[str] = (),
+    seed: int = 0,
+  ) -> list[Completion]:
     if not prompts:
       return []
     if any(len(p) == 0 for p in prompts):
@@ -207,8 +248,10 @@ class Sampler:
     if p + max_new_tokens > self.max_seq_len:
       p = max(longest, self.max_seq_len - max_new_tokens)
       if longest + max_new_tokens > self.max_seq_len:
-        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds "
-                         f"model.max_seq_len={self.max_seq_len}")
+        raise ValueError(
+          f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds "
+          f"model.max_seq_len={self.max_seq_len}"
+        )
     b = len(prompts)
     b_pad = bucket(b, 1)
     b_pad = -(-max(b_pad, self.batch_shards) // self.batch_shards) * self.batch_shards
@@ -217,8 +260,8 @@ class Sampler:
     tokens = np.full((b_pad, total), self.pad_id, np.int32)
     valid = np.zeros((b_pad, total), bool)
     for i, ids in enumerate(prompts):
-      tokens[i, p - len(ids):p] = ids
-      valid[i, p - len(ids):p] = True
+      tokens[i, p - len(ids) : p] = ids
+      valid[i, p - len(ids) : p] = True
     for i in range(b, b_pad):  # filler rows: one real token so no row is all padding
       tokens[i, p - 1] = self.pad_id
       valid[i, p - 1] = True
@@ -226,16 +269,22 @@ class Sampler:
     greedy = temperature == 0
     temp = jnp.float32(1.0 if greedy else temperature)
     static = (greedy, int(top_k), float(top_p))
-    state = self._prefill(variables, jax.device_put(tokens, self._row_len),
-                          jax.device_put(valid, self._row_len), jax.random.PRNGKey(seed), p,
-                          *static, temp)
+    state = self._prefill(
+      variables,
+      jax.device_put(tokens, self._row_len),
+      jax.device_put(valid, self._row_len),
+      jax.random.PRNGKey(seed),
+      p,
+      *static,
+      temp,
+    )
     chunk = self.decode_chunk if stop_strings else max_new_tokens
     stopped_at: dict[int, int] = {}
     while True:
       done = np.asarray(state.done)
       step = int(state.step)
       if stop_strings:
-        self._check_stops(np.asarray(state.tokens[:, p:p + step]), b, stop_strings, stopped_at)
+        self._check_stops(np.asarray(state.tokens[:, p : p + step]), b, stop_strings, stopped_at)
         if stopped_at:
           done = done.copy()
           done[list(stopped_at)] = True
@@ -248,7 +297,7 @@ class Sampler:
     out_logp = np.asarray(state.logprobs)
     results = []
     for i in range(b):
-      row = out_tokens[i, :int(state.step)].tolist()
+      row = out_tokens[i, : int(state.step)].tolist()
       reason = "length"
       cut = len(row)
       for j, t in enumerate(row):
@@ -262,8 +311,9 @@ class Sampler:
       results.append(Completion(list(prompts[i]), ids, out_logp[i, :cut].tolist(), text, reason))
     return results
 
-  def _check_stops(self, generated: np.ndarray, b: int, stop_strings: Sequence[str],
-                   stopped_at: dict[int, int]) -> None:
+  def _check_stops(
+    self, generated: np.ndarray, b: int, stop_strings: Sequence[str], stopped_at: dict[int, int]
+  ) -> None:
     """Records, per row, the length of the prefix that ends with the first stop string."""
     for i in range(b):
       if i in stopped_at:

@@ -28,12 +28,26 @@ def test_presets_round_trip_through_config_json(name):
 
 
 def test_transformers_4_style_config_is_read():
-  hf = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 2048,
-        "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-        "tie_word_embeddings": True, "max_position_embeddings": 131072}
+  hf = {
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+      "factor": 32.0,
+      "high_freq_factor": 4.0,
+      "low_freq_factor": 1.0,
+      "original_max_position_embeddings": 8192,
+      "rope_type": "llama3",
+    },
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 131072,
+  }
   assert model_config.from_hf_config(hf) == presets.preset_args("llama-3.2-1b-instruct")
   with pytest.raises(ValueError, match="rope type 'yarn' is not supported"):
     model_config.from_hf_config(dict(hf, rope_scaling={"rope_type": "yarn", "factor": 4.0}))

@@ -18,7 +18,7 @@ def test_metadata_and_tensors_agree_with_gguf_reader(tmp_path, endianess):
   writer.add_float32("tokenizer.f32", 0.1)
   writer.add_float64("tokenizer.f64", -2.5)
   writer.add_bool("tokenizer.flag", True)
-  writer.add_string("tokenizer.text", "h\u00e9llo \U0001F600")
+  writer.add_string("tokenizer.text", "h\u00e9llo \U0001f600")
   writer.add_array("tokenizer.strings", ["a", "", "\u00e9\u00e9", "\u4f60\u597d"])
   writer.add_array("tokenizer.ints", [1, -2, 3])
   writer.add_array("tokenizer.floats", [0.5, -1.25])
@@ -39,10 +39,13 @@ def test_metadata_and_tensors_agree_with_gguf_reader(tmp_path, endianess):
   assert ours.metadata["general.architecture"] == "llama"
   for key, value in ours.metadata.items():
     assert value == theirs[key], key
-  assert set(ours.metadata) == ({k for k in theirs if k.startswith("tokenizer.")}
-                                | {"general.architecture"})
+  assert set(ours.metadata) == (
+    {k for k in theirs if k.startswith("tokenizer.")} | {"general.architecture"}
+  )
   np.testing.assert_array_equal(ours.dequantize("matrix"), matrix)
-  np.testing.assert_array_equal(ours.dequantize("half"), matrix.astype(np.float16).astype(np.float32))
+  np.testing.assert_array_equal(
+    ours.dequantize("half"), matrix.astype(np.float16).astype(np.float32)
+  )
   assert ours.tensors["matrix"].shape == (4, 6)
 
 

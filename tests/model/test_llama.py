@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from jerp_jax.model import build, config as model_config, llama, presets, weights
 from tests.conftest import FIXTURES, one_device_mesh
@@ -62,7 +61,8 @@ def test_architecture_read_from_config_json():
 
 def test_llama3_rope_scaling_bands():
   args = presets.preset_args("tiny").replace(
-      rope_theta=500000.0, rope_scaling=model_config.RopeScaling(8.0, 1.0, 4.0, 64))
+    rope_theta=500000.0, rope_scaling=model_config.RopeScaling(8.0, 1.0, 4.0, 64)
+  )
   base = llama.rope_inv_freq(args.replace(rope_scaling=None))
   scaled = llama.rope_inv_freq(args)
   wavelen = 2 * np.pi / base
@@ -73,8 +73,9 @@ def test_llama3_rope_scaling_bands():
   mid = ~high & ~low
   assert mid.any()
   smooth = (64 / wavelen[mid] - 1) / (4 - 1)
-  np.testing.assert_allclose(scaled[mid], (1 - smooth) * base[mid] / 8 + smooth * base[mid],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    scaled[mid], (1 - smooth) * base[mid] / 8 + smooth * base[mid], rtol=1e-6
+  )
 
 
 def _cfg(**kw):
@@ -106,13 +107,18 @@ def test_lora_starts_equal_to_base_and_adapters_off_is_the_base_model():
 
 def test_lora_delta_is_scaled_low_rank_product():
   lm = _tiny_lora(rank=4, alpha=8.0)
-  trained = dict(lm.variables, lora=jax.tree.map(
-      lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), lm.variables["lora"]))
+  trained = dict(
+    lm.variables,
+    lora=jax.tree.map(
+      lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), lm.variables["lora"]
+    ),
+  )
   tokens = jnp.asarray([[3, 14, 15, 92, 65]])
   pos = jnp.arange(5)[None]
   adapted, _ = lm.model.apply(trained, tokens, pos)
   merged = weights.merge_lora(lm.args, trained)  # W + A·B·(8/4), on the host
   from flax import traverse_util
+
   params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()})
   folded, _ = lm.model.apply({"params": params}, tokens, pos)
   np.testing.assert_allclose(np.asarray(adapted), np.asarray(folded), atol=1e-5)

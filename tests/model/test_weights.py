@@ -74,17 +74,20 @@ def test_gguf_import_matches_transformers(tmp_path, name, arch):
   ref = np.load(os.path.join(HF, "reference_logits.npz"))
   args = weights.read_model_args(path)
   hf_args, _ = build.model_args(_cfg(path=os.path.join(HF, name)))
-  assert args == hf_args.replace(max_position_embeddings=args.max_position_embeddings,
-                                 rope_scaling=None)
+  assert args == hf_args.replace(
+    max_position_embeddings=args.max_position_embeddings, rope_scaling=None
+  )
   model = build.llama.Decoder(args)
   source = weights.open_source(path)
   abstract, shardings = _abstract(args)
   params = weights.load_params(source, args, abstract, shardings)
   from flax import traverse_util
-  tree = traverse_util.unflatten_dict({k[len("params/"):]: v for k, v in params.items()}, sep="/")
+
+  tree = traverse_util.unflatten_dict({k[len("params/") :]: v for k, v in params.items()}, sep="/")
   ids = ref[f"{name}_input_ids"]
-  logits, _ = model.apply({"params": tree}, jnp.asarray(ids),
-                          jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape))
+  logits, _ = model.apply(
+    {"params": tree}, jnp.asarray(ids), jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  )
   np.testing.assert_allclose(np.asarray(logits), ref[f"{name}_logits"], atol=1e-4, rtol=0)
 
 
@@ -92,15 +95,19 @@ def _abstract(args):
   from flax import linen as nn
   from flax import traverse_util
   from jerp_jax.parallel import mesh as mesh_lib
+
   mesh = one_device_mesh()
   boxed = build.llama.init_abstract(args, mesh)
   shardings = mesh_lib.tree_shardings(mesh, boxed)
-  flat = lambda t: {f"params/{k}": v for k, v in traverse_util.flatten_dict(t["params"], sep="/").items()}
+  flat = lambda t: {
+    f"params/{k}": v for k, v in traverse_util.flatten_dict(t["params"], sep="/").items()
+  }
   return flat(nn.unbox(boxed)), flat(shardings)
 
 
 def test_embedded_gguf_metadata_gives_smollm2_architecture():
   from jerp_jax.model import presets
+
   args = weights.read_model_args(presets.embedded_path("smollm2-135m-instruct"))
   assert args == presets.preset_args("smollm2-135m-instruct")
 
@@ -126,7 +133,9 @@ def test_corrupt_gguf_is_named(tmp_path):
 
 def test_missing_checkpoint_folder_is_named(tmp_path):
   missing = str(tmp_path / "Qwen2.5-1.5B-Instruct")
-  with pytest.raises(FileNotFoundError, match=r"model.path=.*Qwen2.5-1.5B-Instruct' does not exist"):
+  with pytest.raises(
+    FileNotFoundError, match=r"model.path=.*Qwen2.5-1.5B-Instruct' does not exist"
+  ):
     build.build(_cfg(path=missing), one_device_mesh())
 
 
@@ -134,7 +143,8 @@ def test_folder_without_config_or_weights_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="no config.json"):
     weights.read_model_args(str(tmp_path))
   (tmp_path / "config.json").write_text(
-      open(os.path.join(HF, "tiny_smollm2", "config.json")).read())
+    open(os.path.join(HF, "tiny_smollm2", "config.json")).read()
+  )
   with pytest.raises(FileNotFoundError, match="no model.safetensors"):
     weights.open_source(str(tmp_path))
 
@@ -157,7 +167,10 @@ def test_weights_that_do_not_fit_the_config_are_named(tmp_path):
   cfg["intermediate_size"] = 96
   (folder / "config.json").write_text(json.dumps(cfg))
   os.symlink(os.path.join(HF, "tiny_smollm2", "model.safetensors"), folder / "model.safetensors")
-  with pytest.raises(ValueError, match=r"down_proj.weight' has shape \(96, 160\); params/layers/down_proj/kernel needs"):
+  with pytest.raises(
+    ValueError,
+    match=r"down_proj.weight' has shape \(96, 160\); params/layers/down_proj/kernel needs",
+  ):
     build.build(_cfg(path=str(folder)), one_device_mesh())
 
 
@@ -180,8 +193,13 @@ def test_export_merges_lora_and_shards(tmp_path):
   cfg.lora.rank, cfg.lora.alpha = 4, 8.0
   lm = build.build(cfg, one_device_mesh())
   import jax
-  trained = dict(lm.variables, lora=jax.tree.map(
-      lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(2), x.shape), lm.variables["lora"]))
+
+  trained = dict(
+    lm.variables,
+    lora=jax.tree.map(
+      lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(2), x.shape), lm.variables["lora"]
+    ),
+  )
   out = weights.export_hf(lm.args, trained, str(tmp_path / "merged"), max_shard_bytes=100_000)
   index = json.load(open(os.path.join(out, "model.safetensors.index.json")))
   assert len(set(index["weight_map"].values())) > 1
@@ -196,13 +214,16 @@ def test_export_merges_lora_and_shards(tmp_path):
 
 def test_export_bfloat16_with_tokenizer(tmp_path, smollm2):
   lm, _ = smollm2
-  out = weights.export_hf(lm.args, lm.variables, str(tmp_path / "smol"), dtype="bfloat16",
-                          tokenizer=lm.tokenizer)
+  out = weights.export_hf(
+    lm.args, lm.variables, str(tmp_path / "smol"), dtype="bfloat16", tokenizer=lm.tokenizer
+  )
   cfg = json.load(open(os.path.join(out, "config.json")))
   assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["torch_dtype"] == "bfloat16"
   assert cfg["tie_word_embeddings"] and "lm_head.weight" not in load_file(
-      os.path.join(out, "model.safetensors"))
+    os.path.join(out, "model.safetensors")
+  )
   from jerp_jax.model.tokenizer import load_tokenizer
+
   tok = load_tokenizer(out)
   assert tok.encode("Hello, world") == lm.tokenizer.encode("Hello, world")
   assert tok.eos_ids == lm.tokenizer.eos_ids

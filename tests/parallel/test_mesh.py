@@ -11,8 +11,10 @@ from jerp_jax.parallel import mesh as mesh_lib
 from jerp_jax.sampling.sampler import Sampler
 from tests.conftest import one_device_mesh
 
-pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices; "
-                                "tests/conftest.py sets XLA_FLAGS before jax starts")
+pytestmark = pytest.mark.skipif(
+  jax.device_count() < 8,
+  reason="needs 8 (virtual) devices; tests/conftest.py sets XLA_FLAGS before jax starts",
+)
 
 
 def test_resolve_shape():
@@ -29,8 +31,11 @@ def test_resolve_shape():
 def test_heads_not_dividing_tensor_axis_is_named():
   mesh = mesh_lib.make_mesh((1, 4, 2))
   cfg = model_config.get_config()  # SmolLM2-135M: 9 heads, 3 kv heads
-  with pytest.raises(ValueError, match=r"model.num_heads=9 is not divisible by 2, the size of "
-                     r"mesh axis 'tensor'"):
+  with pytest.raises(
+    ValueError,
+    match=r"model.num_heads=9 is not divisible by 2, the size of "
+    r"mesh axis 'tensor'",
+  ):
     build.build(cfg, mesh)
 
 
@@ -69,7 +74,9 @@ def test_sharded_forward_equals_single_device(pair):
   single, sharded = pair
   for a, b in zip(jax.tree.leaves(single.variables), jax.tree.leaves(sharded.variables)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # same init, another layout
-  trained = lambda lm: dict(lm.variables, lora=jax.tree.map(lambda x: x + 0.01, lm.variables["lora"]))
+  trained = lambda lm: dict(
+    lm.variables, lora=jax.tree.map(lambda x: x + 0.01, lm.variables["lora"])
+  )
   tokens = jnp.asarray(np.random.RandomState(0).randint(0, 49152, (8, 12)))
   mask = jnp.asarray(np.arange(12)[None] >= np.arange(8)[:, None])  # row i: i pads on the left
   pos = jnp.maximum(jnp.cumsum(mask, 1) - 1, 0)
@@ -93,12 +100,16 @@ def test_sharded_generation_equals_single_device(pair):
 def test_sharded_hf_checkpoint_loads_shard_by_shard(tmp_path):
   import os
   from tests.conftest import FIXTURES
+
   folder = os.path.join(FIXTURES, "hf", "tiny_qwen2")
   mesh = mesh_lib.make_mesh((2, 2, 2))
   lm = _tiny(mesh, folder)
   ref = np.load(os.path.join(FIXTURES, "hf", "reference_logits.npz"))
   ids = ref["tiny_qwen2_input_ids"]
-  logits, _ = jax.jit(lm.model.apply)({"params": lm.variables["params"]}, jnp.asarray(ids),
-                                      jnp.broadcast_to(jnp.arange(16), ids.shape))
+  logits, _ = jax.jit(lm.model.apply)(
+    {"params": lm.variables["params"]},
+    jnp.asarray(ids),
+    jnp.broadcast_to(jnp.arange(16), ids.shape),
+  )
   np.testing.assert_allclose(np.asarray(logits), ref["tiny_qwen2_logits"], atol=1e-4)
   assert lm.variables["params"]["layers"]["q_proj"]["bias"].sharding.spec == P(None, "tensor", None)

@@ -28,8 +28,15 @@ def tiny():
   lm = build.build(cfg, one_device_mesh(), seed=1)
   # Larger random weights than the init's 0.02 so that the distribution is far from uniform.
   lm.variables = jax.tree.map(lambda x: x * 20 if x.ndim > 1 else x, lm.variables)
-  return lm, Sampler(lm.model, lm.mesh, lm.tokenizer.eos_ids, lm.tokenizer.pad_id, lm.tokenizer,
-                     max_seq_len=256, min_prompt_bucket=16)
+  return lm, Sampler(
+    lm.model,
+    lm.mesh,
+    lm.tokenizer.eos_ids,
+    lm.tokenizer.pad_id,
+    lm.tokenizer,
+    max_seq_len=256,
+    min_prompt_bucket=16,
+  )
 
 
 def full_forward_logprobs(lm, completion, temperature=1.0):
@@ -45,8 +52,12 @@ def test_greedy_reproduces_transformers_token_ids(smollm2, greedy_fixture):
   records = greedy_fixture["records"]
   for r in records:  # our torch-free tokenizer and chat template give the same prompt
     assert lm.tokenizer.encode_chat([{"role": "user", "content": r["prompt"]}]) == r["prompt_ids"]
-  out = sampler.generate(lm.variables, [r["prompt_ids"] for r in records],
-                         greedy_fixture["max_new_tokens"], temperature=0)
+  out = sampler.generate(
+    lm.variables,
+    [r["prompt_ids"] for r in records],
+    greedy_fixture["max_new_tokens"],
+    temperature=0,
+  )
   for completion, r in zip(out, records):
     assert completion.token_ids == r["greedy_ids"]
     assert completion.text == r["greedy_text"]
@@ -63,8 +74,10 @@ def test_embedded_last_logits_close_to_transformers(smollm2, greedy_fixture):
 
 def test_sampled_logprobs_equal_full_forward(smollm2):
   lm, sampler = smollm2
-  prompts = [lm.tokenizer.encode_chat([{"role": "user", "content": t}])
-             for t in ("Name a fruit.", "Count to five, please.", "Hi")]
+  prompts = [
+    lm.tokenizer.encode_chat([{"role": "user", "content": t}])
+    for t in ("Name a fruit.", "Count to five, please.", "Hi")
+  ]
   out = sampler.generate(lm.variables, prompts, 12, temperature=1.0, seed=7)
   for c in out:
     assert len(c.logprobs) == len(c.token_ids) > 0
@@ -95,8 +108,9 @@ def test_same_seed_same_sample_and_top_k_1_is_greedy(tiny):
 def test_sample_logits_top_k_and_top_p_support():
   logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
   keys = jax.random.split(jax.random.PRNGKey(0), 400)
-  draw = lambda **kw: {int(sample_logits(logits, k, jnp.float32(1.0), greedy=False, **kw)[0][0])
-                       for k in keys}
+  draw = lambda **kw: {
+    int(sample_logits(logits, k, jnp.float32(1.0), greedy=False, **kw)[0][0]) for k in keys
+  }
   assert draw(top_k=0, top_p=1.0) == {0, 1, 2, 3}
   assert draw(top_k=2, top_p=1.0) == {0, 1}
   assert draw(top_k=0, top_p=0.6) == {0, 1}  # 0.5 < 0.6, so the second token is needed too
@@ -111,11 +125,12 @@ def test_sample_logits_top_k_and_top_p_support():
 def test_stop_string_cuts_after_the_completing_token(smollm2, greedy_fixture):
   lm, sampler = smollm2
   r = greedy_fixture["records"][1]  # "The waves of the sea, a silent beauty,\nA gentle ..."
-  (c,) = sampler.generate(lm.variables, [r["prompt_ids"]], 32, temperature=0,
-                          stop_strings=("beauty",))
+  (c,) = sampler.generate(
+    lm.variables, [r["prompt_ids"]], 32, temperature=0, stop_strings=("beauty",)
+  )
   assert c.finish_reason == "stop"
   assert c.text == "The waves of the sea, a silent beauty"
-  assert c.token_ids == r["greedy_ids"][:len(c.token_ids)]
+  assert c.token_ids == r["greedy_ids"][: len(c.token_ids)]
   assert len(c.logprobs) == len(c.token_ids)
 
 
@@ -124,7 +139,9 @@ def test_eos_is_kept_and_ends_the_row(smollm2, greedy_fixture):
   r = greedy_fixture["records"][0]
   (c,) = sampler.generate(lm.variables, [r["prompt_ids"]], 32, temperature=0)
   assert c.token_ids[-1] in lm.tokenizer.eos_ids and c.finish_reason == "eos"
-  assert lm.tokenizer.decode(c.token_ids, skip_special_tokens=True) == "The capital of France is Paris."
+  assert (
+    lm.tokenizer.decode(c.token_ids, skip_special_tokens=True) == "The capital of France is Paris."
+  )
 
 
 def test_prompt_lengths_share_a_bucket(tiny):
