@@ -14,7 +14,8 @@ tokens after prompts of exactly `--prompt_len` (256) tokens, on the model of con
   (start -> first token) and the decode ((last token - first token) / (N - 1) steps).
 
 prefill tok/s = batch * prompt_len / prefill time; decode tok/s = batch * (N - 1) / decode time.
-Each figure is the best of `--repeats` timed runs. EOS cannot end a row early in either framework
+Each figure is the best of `--repeats` timed runs; at each batch size the two frameworks' runs
+alternate, so slow spells of a shared (virtual) machine hit both alike. Every run is printed. EOS cannot end a row early in either framework
 (ours gets an EOS id that no token has, torch's generation config has none), so both produce
 exactly N tokens per row. Prompts are real text, tokenized and tiled to prompt_len, each row
 starting at a different offset; both frameworks get the same ids. As a sanity check (not a
@@ -64,7 +65,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Batch sizes to measure.")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 256, "Prompt length in tokens (every row).")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per batch size (the best is reported).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per batch size (the best is reported).")
 _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Do not run transformers + torch.")
 
 REPORTED_BATCHES = (1, 8, 32)  # always present in the JSON line (null when not run)
@@ -133,6 +134,10 @@ class Ours:
       valid[i, p - len(ids):p] = True
     return p, jax.device_put(tokens, s._row_len), jax.device_put(valid, s._row_len)  # pylint: disable=protected-access
 
+  @staticmethod
+  def warmup_tokens(new_tokens: int) -> int:
+    return new_tokens  # the decode program's shapes (and its static step count) depend on it
+
   def run_once(self, prompts, new_tokens: int) -> tuple[float, float, np.ndarray]:
     """(prefill seconds, decode seconds, generated tokens [B, new_tokens])."""
     s, variables = self.sampler, self.lm.variables
@@ -163,6 +168,7 @@ class Torch:
     self.torch = torch
     self.transformers = transformers
     torch.set_num_threads(os.cpu_count() or 1)
+    transformers.utils.logging.disable_progress_bar()
     self.model = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path), dtype=torch.float32)
     self.model.eval()
@@ -170,6 +176,10 @@ class Torch:
     self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else gen.eos_token_id
     # No EOS at all: nothing stops a row and nothing masks a token, so greedy picks what ours does.
     gen.eos_token_id = None
+
+  @staticmethod
+  def warmup_tokens(new_tokens: int) -> int:
+    return min(new_tokens, 4)  # nothing compiles: a prefill and a few steps warm it up
 
   def run_once(self, prompts, new_tokens: int) -> tuple[float, float, np.ndarray]:
     torch = self.torch
@@ -197,19 +207,24 @@ class Torch:
 
 # --- driver -------------------------------------------------------------------------------------
 
-def measure(runner, prompts, new_tokens: int, repeats: int) -> dict[str, Any]:
-  runner.run_once(prompts, new_tokens)  # warm-up: compilation (ours), allocator/oneDNN (torch)
-  prefills, decodes = [], []
+def measure(runners: dict[str, Any], prompts, new_tokens: int, repeats: int) -> dict[str, dict]:
+  """Best-of-`repeats` timings for each runner, their runs interleaved so drift hits all alike."""
+  for runner in runners.values():  # warm-up: compilation (ours), allocator and oneDNN (torch)
+    runner.run_once(prompts, runner.warmup_tokens(new_tokens))
+  runs: dict[str, list] = {name: [] for name in runners}
   for _ in range(repeats):
-    pre, dec, out = runner.run_once(prompts, new_tokens)
-    prefills.append(pre)
-    decodes.append(dec)
-  b = len(prompts)
-  pre, dec = min(prefills), min(decodes)
-  return dict(prefill_s=pre, decode_s=dec, tokens=out,
-              prefill_tok_s=b * len(prompts[0]) / pre,
-              decode_tok_s=b * (new_tokens - 1) / dec if new_tokens > 1 else None,
-              decode_step_ms=1e3 * dec / (new_tokens - 1) if new_tokens > 1 else None)
+    for name, runner in runners.items():
+      runs[name].append(runner.run_once(prompts, new_tokens))
+  b, results = len(prompts), {}
+  for name, timed in runs.items():
+    pre, dec = min(r[0] for r in timed), min(r[1] for r in timed)
+    results[name] = dict(prefill_s=pre, decode_s=dec, tokens=timed[-1][2],
+                         prefill_tok_s=b * len(prompts[0]) / pre,
+                         decode_tok_s=b * (new_tokens - 1) / dec,
+                         decode_step_ms=1e3 * dec / (new_tokens - 1),
+                         all_prefill_s=[round(r[0], 3) for r in timed],
+                         all_decode_s=[round(r[1], 3) for r in timed])
+  return results
 
 
 def _fmt(x: float | None, spec: str = "10.1f") -> str:
@@ -241,16 +256,6 @@ def main(argv: Sequence[str]) -> None:
         f"{cores} cores, {cpu_name()}; jax {jax.__version__} on {jax.devices()[0].platform}; "
         f"prompt_len={plen}, new_tokens={new}, greedy, best of {repeats}", flush=True)
 
-  results: dict[int, dict[str, Any]] = {}
-  for b in batches:
-    t = time.time()
-    results[b] = measure(ours, prompts[b], new, repeats)
-    r = results[b]
-    print(f"  ours  b={b:<3d} prefill {r['prefill_s']:7.3f}s ({r['prefill_tok_s']:8.1f} tok/s)  "
-          f"decode {r['decode_s']:7.3f}s ({r['decode_tok_s']:8.1f} tok/s, "
-          f"{r['decode_step_ms']:6.1f} ms/step)  [{time.time() - t:.0f}s]", flush=True)
-
-  torch_results: dict[int, dict[str, Any]] = {}
   torch_version = None
   torch_skip_reason = "--skip_torch" if _SKIP_TORCH.value else None
   if not _SKIP_TORCH.value:
@@ -259,18 +264,27 @@ def main(argv: Sequence[str]) -> None:
       torch_version = torch.__version__
     except ImportError:
       torch_skip_reason = "torch is not importable in this venv (use .venv-ref/bin/python)"
+  runners: dict[str, Any] = {"ours": ours}
   if torch_version is not None:
-    ref = Torch(presets.embedded_path(config.model.preset) if not config.model.path
-                else config.model.path)
-    for b in batches:
-      t = time.time()
-      torch_results[b] = measure(ref, prompts[b], new, repeats)
-      r = torch_results[b]
-      print(f"  torch b={b:<3d} prefill {r['prefill_s']:7.3f}s ({r['prefill_tok_s']:8.1f} tok/s)  "
-            f"decode {r['decode_s']:7.3f}s ({r['decode_tok_s']:8.1f} tok/s, "
-            f"{r['decode_step_ms']:6.1f} ms/step)  [{time.time() - t:.0f}s]", flush=True)
+    runners["torch"] = Torch(presets.embedded_path(config.model.preset) if not config.model.path
+                             else config.model.path)
   else:
     print(f"transformers + torch skipped: {torch_skip_reason}")
+
+  results: dict[int, dict[str, Any]] = {}
+  torch_results: dict[int, dict[str, Any]] = {}
+  for b in batches:
+    t = time.time()
+    measured = measure(runners, prompts[b], new, repeats)
+    results[b] = measured["ours"]
+    if "torch" in measured:
+      torch_results[b] = measured["torch"]
+    for name, r in measured.items():
+      print(f"  {name:<5} b={b:<3d} prefill {r['prefill_s']:7.3f}s ({r['prefill_tok_s']:8.1f} tok/s)"
+            f"  decode {r['decode_s']:7.3f}s ({r['decode_tok_s']:8.1f} tok/s, "
+            f"{r['decode_step_ms']:6.1f} ms/step)  runs: prefill {r['all_prefill_s']} "
+            f"decode {r['all_decode_s']}", flush=True)
+    print(f"  [batch {b}: {time.time() - t:.0f}s]", flush=True)
 
   # Table.
   print()

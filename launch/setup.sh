@@ -9,11 +9,14 @@ venv="${JERP_VENV:-$root/.venv}"
 if [ ! -x "$venv/bin/python" ]; then
   py="${JERP_PYTHON:-}"
   if [ -z "$py" ]; then
+    # `command -v` alone is not enough: a pyenv shim exists even when its version is not active.
     for cand in python3.11 python3.12 python3; do
-      if command -v "$cand" >/dev/null 2>&1; then py="$cand"; break; fi
+      if "$cand" -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; then
+        py="$cand"; break
+      fi
     done
   fi
-  [ -n "$py" ] || { echo "setup: no python3.11/3.12 found on PATH (set JERP_PYTHON)" >&2; exit 1; }
+  [ -n "$py" ] || { echo "setup: no Python >= 3.11 found on PATH (set JERP_PYTHON)" >&2; exit 1; }
   echo "setup: creating $venv with $($py --version 2>&1)" >&2
   "$py" -m venv "$venv"
 fi
