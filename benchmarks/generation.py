@@ -14,9 +14,11 @@ tokens after prompts of exactly `--prompt_len` (256) tokens, on the model of con
   (start -> first token) and the decode ((last token - first token) / (N - 1) steps).
 
 prefill tok/s = batch * prompt_len / prefill time; decode tok/s = batch * (N - 1) / decode time.
-Each figure is the best of `--repeats` timed runs; at each batch size the two frameworks' runs
-alternate, so slow spells of a shared (virtual) machine hit both alike. Every run is printed. EOS cannot end a row early in either framework
-(ours gets an EOS id that no token has, torch's generation config has none), so both produce
+Each figure is the best of `--repeats` timed runs (every run is printed). At each batch size the
+two frameworks' runs alternate, so slow spells of a shared virtual machine (run-to-run swings of
++-30% are common on the 2-core CPU) hit both alike; compare ratios, and rerun before trusting a
+small change. EOS cannot end a row early in either framework (ours gets an EOS id that no token
+has; torch's generation config gets none, so nothing stops or masks a row), so both produce
 exactly N tokens per row. Prompts are real text, tokenized and tiled to prompt_len, each row
 starting at a different offset; both frameworks get the same ids. As a sanity check (not a
 failure), it prints whether our greedy tokens equal torch's for the first prompt at batch 1.
@@ -61,9 +63,12 @@ from jerp_jax.parallel import mesh as mesh_lib  # pylint: disable=wrong-import-p
 from jerp_jax.sampling import sampler as sampler_lib  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_REPO, "configs", "default.py"), "Experiment config file.")
+  "config", os.path.join(_REPO, "configs", "default.py"), "Experiment config file."
+)
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Batch sizes to measure.")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 256, "Prompt length in tokens (every row).")
+_PROMPT_LEN = flags.DEFINE_integer(
+  "prompt_len", 256, "Prompt length in tokens (every row). Ours pads it to a power-of-two bucket."
+)
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per batch size (the best is reported).")
 _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Do not run transformers + torch.")
@@ -72,25 +77,26 @@ REPORTED_BATCHES = (1, 8, 32)  # always present in the JSON line (null when not 
 NO_EOS = (-1,)  # an id no token has: rows never finish early
 
 _TEXT = (
-    "The old lighthouse stood at the edge of the cliff, its white paint peeling after decades of "
-    "salt wind. Every evening the keeper climbed the spiral stairs, one hundred and twelve steps, "
-    "to light the lamp and wind the clockwork that turned the great lens. Ships passing in the "
-    "night saw its beam sweep across the water every ten seconds, a signal that meant rocks, "
-    "shallows, and the harbour beyond. In the morning he wrote the weather in a leather logbook: "
-    "wind from the north-west, visibility good, two fishing boats returned before noon. "
-    "You are in a kitchen. Your task is to put a clean mug in the coffee machine. On the counter "
-    "there is a sponge, a dirty mug, a kettle and a loaf of bread; the sink is to your left and "
-    "the coffee machine to your right. First, take the mug from the counter. Then go to the sink, "
-    "rinse the mug with water and scrub it with the sponge until it is clean. Finally, walk to the "
-    "coffee machine and put the clean mug under the spout. The capital of France is Paris, a city "
-    "on the Seine known for its museums, cafes and the iron tower built for the 1889 exhibition.")
+  "The old lighthouse stood at the edge of the cliff, its white paint peeling after decades of "
+  "salt wind. Every evening the keeper climbed the spiral stairs, one hundred and twelve steps, "
+  "to light the lamp and wind the clockwork that turned the great lens. Ships passing in the "
+  "night saw its beam sweep across the water every ten seconds, a signal that meant rocks, "
+  "shallows, and the harbour beyond. In the morning he wrote the weather in a leather logbook: "
+  "wind from the north-west, visibility good, two fishing boats returned before noon. "
+  "You are in a kitchen. Your task is to put a clean mug in the coffee machine. On the counter "
+  "there is a sponge, a dirty mug, a kettle and a loaf of bread; the sink is to your left and "
+  "the coffee machine to your right. First, take the mug from the counter. Then go to the sink, "
+  "rinse the mug with water and scrub it with the sponge until it is clean. Finally, walk to the "
+  "coffee machine and put the clean mug under the spout. The capital of France is Paris, a city "
+  "on the Seine known for its museums, cafes and the iron tower built for the 1889 exhibition."
+)
 
 
 def make_prompts(tokenizer, batch: int, length: int) -> list[list[int]]:
   """`batch` rows of exactly `length` ids: the text's tokens tiled, row i starting 13*i further."""
   ids = tokenizer.encode(_TEXT)
   stream = ids * (2 + (length + 13 * batch) // len(ids))
-  return [stream[(13 * i) % len(ids):][:length] for i in range(batch)]
+  return [stream[(13 * i) % len(ids) :][:length] for i in range(batch)]
 
 
 def cpu_name() -> str:
@@ -106,6 +112,7 @@ def cpu_name() -> str:
 
 # --- ours ---------------------------------------------------------------------------------------
 
+
 class Ours:
   """Our model and sampler, with EOS disabled; times `_prefill` and `_decode` separately."""
 
@@ -115,9 +122,15 @@ class Ours:
     self.lm = build.build(config.model, self.mesh, seed=config.seed)
     tok = self.lm.tokenizer
     self.sampler = sampler_lib.Sampler(
-        self.lm.model, self.mesh, NO_EOS, tok.pad_id, tok, max_seq_len=config.model.max_seq_len,
-        min_prompt_bucket=config.sampling.min_prompt_bucket,
-        decode_chunk=config.sampling.decode_chunk)
+      self.lm.model,
+      self.mesh,
+      NO_EOS,
+      tok.pad_id,
+      tok,
+      max_seq_len=config.model.max_seq_len,
+      min_prompt_bucket=config.sampling.min_prompt_bucket,
+      decode_chunk=config.sampling.decode_chunk,
+    )
     self.static = (True, 0, 1.0)  # greedy, top_k off, top_p off: generate()'s static arguments
     self.temp = jnp.float32(1.0)
 
@@ -130,8 +143,8 @@ class Ours:
     tokens = np.full((b, p + new_tokens), s.pad_id, np.int32)
     valid = np.zeros((b, p + new_tokens), bool)
     for i, ids in enumerate(prompts):
-      tokens[i, p - len(ids):p] = ids
-      valid[i, p - len(ids):p] = True
+      tokens[i, p - len(ids) : p] = ids
+      valid[i, p - len(ids) : p] = True
     return p, jax.device_put(tokens, s._row_len), jax.device_put(valid, s._row_len)  # pylint: disable=protected-access
 
   @staticmethod
@@ -159,18 +172,21 @@ class Ours:
 
 # --- transformers + torch -----------------------------------------------------------------------
 
+
 class Torch:
   """transformers' LlamaForCausalLM from the same GGUF; per-token timestamps from one generate."""
 
   def __init__(self, gguf_path: str):
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
+
     self.torch = torch
     self.transformers = transformers
     torch.set_num_threads(os.cpu_count() or 1)
     transformers.utils.logging.disable_progress_bar()
     self.model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path), dtype=torch.float32)
+      os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path), dtype=torch.float32
+    )
     self.model.eval()
     gen = self.model.generation_config
     self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else gen.eos_token_id
@@ -195,17 +211,24 @@ class Torch:
     with torch.inference_mode():
       t0 = time.perf_counter()
       out = self.model.generate(
-          input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
-          min_new_tokens=new_tokens, pad_token_id=self.pad_id,
-          stopping_criteria=self.transformers.StoppingCriteriaList([Stamp()]))
-    generated = out[:, ids.shape[1]:].numpy()
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=self.pad_id,
+        stopping_criteria=self.transformers.StoppingCriteriaList([Stamp()]),
+      )
+    generated = out[:, ids.shape[1] :].numpy()
     if generated.shape[1] != new_tokens or len(stamps) != new_tokens:
-      raise RuntimeError(f"torch generated {generated.shape[1]} tokens ({len(stamps)} stamps), "
-                         f"expected {new_tokens}")
+      raise RuntimeError(
+        f"torch generated {generated.shape[1]} tokens ({len(stamps)} stamps), expected {new_tokens}"
+      )
     return stamps[0] - t0, stamps[-1] - stamps[0], generated
 
 
 # --- driver -------------------------------------------------------------------------------------
+
 
 def measure(runners: dict[str, Any], prompts, new_tokens: int, repeats: int) -> dict[str, dict]:
   """Best-of-`repeats` timings for each runner, their runs interleaved so drift hits all alike."""
@@ -218,12 +241,16 @@ def measure(runners: dict[str, Any], prompts, new_tokens: int, repeats: int) -> 
   b, results = len(prompts), {}
   for name, timed in runs.items():
     pre, dec = min(r[0] for r in timed), min(r[1] for r in timed)
-    results[name] = dict(prefill_s=pre, decode_s=dec, tokens=timed[-1][2],
-                         prefill_tok_s=b * len(prompts[0]) / pre,
-                         decode_tok_s=b * (new_tokens - 1) / dec,
-                         decode_step_ms=1e3 * dec / (new_tokens - 1),
-                         all_prefill_s=[round(r[0], 3) for r in timed],
-                         all_decode_s=[round(r[1], 3) for r in timed])
+    results[name] = dict(
+      prefill_s=pre,
+      decode_s=dec,
+      tokens=timed[-1][2],
+      prefill_tok_s=b * len(prompts[0]) / pre,
+      decode_tok_s=b * (new_tokens - 1) / dec,
+      decode_step_ms=1e3 * dec / (new_tokens - 1),
+      all_prefill_s=[round(r[0], 3) for r in timed],
+      all_decode_s=[round(r[1], 3) for r in timed],
+    )
   return results
 
 
@@ -242,6 +269,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   batches = [int(b) for b in _BATCH_SIZES.value]
+  if any(b < 1 or b & (b - 1) for b in batches):
+    raise app.UsageError(
+      f"--batch_sizes={_BATCH_SIZES.value}: expected powers of two (the sampler "
+      "pads other batch sizes up to one, which would skew tok/s)"
+    )
   plen, new, repeats = _PROMPT_LEN.value, _NEW_TOKENS.value, _REPEATS.value
   if new < 2:
     raise app.UsageError("--new_tokens must be >= 2 (decode is the tokens after the first)")
@@ -251,23 +283,28 @@ def main(argv: Sequence[str]) -> None:
 
   ours = Ours(config)
   prompts = {b: make_prompts(ours.lm.tokenizer, b, plen) for b in batches}
-  print(f"model: {config.model.preset} from {ours.lm.source} "
-        f"(dtype={config.model.dtype}, param_dtype={config.model.param_dtype}); "
-        f"{cores} cores, {cpu_name()}; jax {jax.__version__} on {jax.devices()[0].platform}; "
-        f"prompt_len={plen}, new_tokens={new}, greedy, best of {repeats}", flush=True)
+  print(
+    f"model: {config.model.preset} from {ours.lm.source} "
+    f"(dtype={config.model.dtype}, param_dtype={config.model.param_dtype}); "
+    f"{cores} cores, {cpu_name()}; jax {jax.__version__} on {jax.devices()[0].platform}; "
+    f"prompt_len={plen}, new_tokens={new}, greedy, best of {repeats}",
+    flush=True,
+  )
 
   torch_version = None
   torch_skip_reason = "--skip_torch" if _SKIP_TORCH.value else None
   if not _SKIP_TORCH.value:
     try:
       import torch  # pylint: disable=import-outside-toplevel
+
       torch_version = torch.__version__
     except ImportError:
       torch_skip_reason = "torch is not importable in this venv (use .venv-ref/bin/python)"
   runners: dict[str, Any] = {"ours": ours}
   if torch_version is not None:
-    runners["torch"] = Torch(presets.embedded_path(config.model.preset) if not config.model.path
-                             else config.model.path)
+    runners["torch"] = Torch(
+      presets.embedded_path(config.model.preset) if not config.model.path else config.model.path
+    )
   else:
     print(f"transformers + torch skipped: {torch_skip_reason}")
 
@@ -280,28 +317,35 @@ def main(argv: Sequence[str]) -> None:
     if "torch" in measured:
       torch_results[b] = measured["torch"]
     for name, r in measured.items():
-      print(f"  {name:<5} b={b:<3d} prefill {r['prefill_s']:7.3f}s ({r['prefill_tok_s']:8.1f} tok/s)"
-            f"  decode {r['decode_s']:7.3f}s ({r['decode_tok_s']:8.1f} tok/s, "
-            f"{r['decode_step_ms']:6.1f} ms/step)  runs: prefill {r['all_prefill_s']} "
-            f"decode {r['all_decode_s']}", flush=True)
+      print(
+        f"  {name:<5} b={b:<3d} prefill {r['prefill_s']:7.3f}s ({r['prefill_tok_s']:8.1f} tok/s)"
+        f"  decode {r['decode_s']:7.3f}s ({r['decode_tok_s']:8.1f} tok/s, "
+        f"{r['decode_step_ms']:6.1f} ms/step)  runs: prefill {r['all_prefill_s']} "
+        f"decode {r['all_decode_s']}",
+        flush=True,
+      )
     print(f"  [batch {b}: {time.time() - t:.0f}s]", flush=True)
 
   # Table.
   print()
-  header = (f"{'batch':>5} | {'ours prefill':>12} {'torch prefill':>13} {'ratio':>6} | "
-            f"{'ours decode':>11} {'torch decode':>12} {'ratio':>6} | {'ours ms/step':>12} "
-            f"{'torch ms/step':>13}")
+  header = (
+    f"{'batch':>5} | {'ours prefill':>12} {'torch prefill':>13} {'ratio':>6} | "
+    f"{'ours decode':>11} {'torch decode':>12} {'ratio':>6} | {'ours ms/step':>12} "
+    f"{'torch ms/step':>13}"
+  )
   print("tok/s (ratio = ours / torch)")
   print(header)
   print("-" * len(header))
   for b in batches:
     o, t = results[b], torch_results.get(b)
-    print(f"{b:>5} | {_fmt(o['prefill_tok_s'], '12.1f')} "
-          f"{_fmt(t and t['prefill_tok_s'], '13.1f')} "
-          f"{_fmt(_ratio(o, t, 'prefill_tok_s'), '6.2f')} | "
-          f"{_fmt(o['decode_tok_s'], '11.1f')} {_fmt(t and t['decode_tok_s'], '12.1f')} "
-          f"{_fmt(_ratio(o, t, 'decode_tok_s'), '6.2f')} | "
-          f"{_fmt(o['decode_step_ms'], '12.1f')} {_fmt(t and t['decode_step_ms'], '13.1f')}")
+    print(
+      f"{b:>5} | {_fmt(o['prefill_tok_s'], '12.1f')} "
+      f"{_fmt(t and t['prefill_tok_s'], '13.1f')} "
+      f"{_fmt(_ratio(o, t, 'prefill_tok_s'), '6.2f')} | "
+      f"{_fmt(o['decode_tok_s'], '11.1f')} {_fmt(t and t['decode_tok_s'], '12.1f')} "
+      f"{_fmt(_ratio(o, t, 'decode_tok_s'), '6.2f')} | "
+      f"{_fmt(o['decode_step_ms'], '12.1f')} {_fmt(t and t['decode_step_ms'], '13.1f')}"
+    )
   print()
 
   # Greedy sanity check (not a failure): the first prompt at batch 1, and every row elsewhere.
@@ -311,8 +355,10 @@ def main(argv: Sequence[str]) -> None:
     ours_row, torch_row = results[check_b]["tokens"][0], torch_results[check_b]["tokens"][0]
     same = int(np.sum(np.cumprod(ours_row == torch_row)))
     match_b1 = bool(same == new) if check_b == 1 else None
-    print(f"greedy check, batch {check_b}, first prompt: "
-          f"{'MATCH' if same == new else 'MISMATCH'} ({same}/{new} leading tokens equal)")
+    print(
+      f"greedy check, batch {check_b}, first prompt: "
+      f"{'MATCH' if same == new else 'MISMATCH'} ({same}/{new} leading tokens equal)"
+    )
     if same != new:
       tok = ours.lm.tokenizer
       print(f"  ours : {tok.decode(ours_row)!r}\n  torch: {tok.decode(torch_row)!r}")
@@ -333,7 +379,8 @@ def main(argv: Sequence[str]) -> None:
     dr, pr = _ratio(o, t, "decode_tok_s"), _ratio(o, t, "prefill_tok_s")
     summary[f"decode_ratio_b{b}"] = dr and round(dr, 3)
     summary[f"prefill_ratio_b{b}"] = pr and round(pr, 3)
-  summary.update({
+  summary.update(
+    {
       "greedy_match_b1": match_b1,
       "prompt_len": plen,
       "new_tokens": new,
@@ -343,7 +390,8 @@ def main(argv: Sequence[str]) -> None:
       "device": f"{jax.devices()[0].platform}: {cpu_name()} ({cores} cores)",
       "jax": jax.__version__,
       "torch": torch_version,
-  })
+    }
+  )
   print(json.dumps(summary), flush=True)
 
 
