@@ -130,6 +130,7 @@ class Ours:
       max_seq_len=config.model.max_seq_len,
       min_prompt_bucket=config.sampling.min_prompt_bucket,
       decode_chunk=config.sampling.decode_chunk,
+      unroll_layers=sampler_lib.unroll_option(config.sampling),
     )
     self.static = (True, 0, 1.0)  # greedy, top_k off, top_p off: generate()'s static arguments
     self.temp = jnp.float32(1.0)
@@ -153,7 +154,8 @@ class Ours:
 
   def run_once(self, prompts, new_tokens: int) -> tuple[float, float, np.ndarray]:
     """(prefill seconds, decode seconds, generated tokens [B, new_tokens])."""
-    s, variables = self.sampler, self.lm.variables
+    s = self.sampler
+    variables = s.prepare(self.lm.variables)  # the sampler's weight layout, converted once
     p, tokens, valid = self._inputs(prompts, new_tokens)
     jax.block_until_ready((tokens, valid))
     t0 = time.perf_counter()

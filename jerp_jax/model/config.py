@@ -53,6 +53,10 @@ class ModelArgs:
   lora_alpha: float = 0.0
   lora_targets: tuple[str, ...] = LORA_TARGETS
   remat: bool = False  # rematerialise each layer in the backward pass
+  # True: one layer body under nn.scan, parameters stacked on a leading `layers` axis (fast to
+  # compile; the layout of checkpoints and of training). False: layers unrolled with their own
+  # arrays, which the sampler uses on CPU (see Sampler).
+  scan_layers: bool = True
 
   def __post_init__(self):
     def fail(field: str, value: Any, expected: str):

@@ -8,8 +8,10 @@ KL penalty. Every parameter and activation carries logical axis names; the mappi
 mesh is `jerp_jax.parallel.mesh.LOGICAL_AXIS_RULES`.
 
 The KV cache is a plain pytree `KVCache(k, v)` of shape [layers, batch, slots, kv_heads, head_dim]
-carried through the layer scan, so each step writes only the new slots in place. This module
-knows nothing of tokenizers, files or sampling.
+carried through the layer scan, so each step writes only the new slots in place. With
+`scan_layers=False` the layers are unrolled instead, each with its own parameters (`layers_{i}`)
+and cache arrays; `unstack_layers` converts the stacked layout. This module knows nothing of
+tokenizers, files or sampling.
 """
 
 from __future__ import annotations
@@ -34,17 +36,36 @@ _LORA_A_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 class KVCache(NamedTuple):
-  k: Array  # [layers, batch, slots, kv_heads, head_dim]
-  v: Array
+  """Keys and values. Stacked layers: [layers, batch, slots, kv_heads, head_dim] arrays.
+  Unrolled layers (scan_layers=False): tuples of per-layer [batch, slots, kv_heads, head_dim]."""
+
+  k: Any
+  v: Any
 
   @staticmethod
   def zeros(args: ModelArgs, batch: int, slots: int, dtype: Any = None) -> KVCache:
-    shape = (args.num_layers, batch, slots, args.num_kv_heads, args.head_dim)
+    shape = (batch, slots, args.num_kv_heads, args.head_dim)
     dtype = dtype or args.dtype
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    if args.scan_layers:
+      z = jnp.zeros((args.num_layers,) + shape, dtype)
+      return KVCache(z, z)
+    z = tuple(jnp.zeros(shape, dtype) for _ in range(args.num_layers))
+    return KVCache(z, z)
+
+  @property
+  def slots(self) -> int:
+    return self.k[0].shape[1] if isinstance(self.k, tuple) else self.k.shape[2]
 
 
 CACHE_AXES = ("layers", "cache_batch", "cache_length", "kv_heads", "head_dim")
+
+
+def cache_axes(args: ModelArgs) -> Any:
+  """Logical axes of each cache array, as a KVCache-shaped tree of tuples."""
+  if args.scan_layers:
+    return KVCache(CACHE_AXES, CACHE_AXES)
+  per_layer = tuple(CACHE_AXES[1:] for _ in range(args.num_layers))
+  return KVCache(per_layer, per_layer)
 
 
 # --- rotary embeddings ------------------------------------------------------------------------
@@ -170,7 +191,11 @@ class Proj(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm attention + SwiGLU block. Called under nn.scan: (carry, layer) -> (carry, None)."""
+  """Pre-norm attention + SwiGLU block: (carry, layer) -> (carry, None).
+
+  Under nn.scan `layer` is the traced layer index and the cache in the carry is stacked; unrolled,
+  `layer` is None and the cache is this layer's own.
+  """
 
   args: ModelArgs
   mesh: Mesh | None = None
@@ -193,7 +218,13 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(
-    self, carry, layer: Array, cos: Array, sin: Array, mask_bts: Array, cache_index: Array | None
+    self,
+    carry,
+    layer: Array | None,
+    cos: Array,
+    sin: Array,
+    mask_bts: Array,
+    cache_index: Array | None,
   ):
     a, mesh = self.args, self.mesh
     x, cache = carry
@@ -212,13 +243,18 @@ class DecoderLayer(nn.Module):
     if cache is not None:
       # Write this step's keys/values at [layer, :, cache_index:cache_index+T] in place, then
       # attend over the layer's whole cache (unwritten slots are masked out).
-      start = (layer, 0, cache_index, 0, 0)
+      lead = () if layer is None else (layer,)
+      start = lead + (0, cache_index, 0, 0)
+      expand = (lambda u: u) if layer is None else (lambda u: u[None])
       cache = KVCache(
-        jax.lax.dynamic_update_slice(cache.k, kk[None].astype(cache.k.dtype), start),
-        jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start),
+        jax.lax.dynamic_update_slice(cache.k, expand(kk).astype(cache.k.dtype), start),
+        jax.lax.dynamic_update_slice(cache.v, expand(v).astype(cache.v.dtype), start),
       )
-      keys = jax.lax.dynamic_index_in_dim(cache.k, layer, 0, keepdims=False).astype(a.dtype)
-      values = jax.lax.dynamic_index_in_dim(cache.v, layer, 0, keepdims=False).astype(a.dtype)
+      if layer is None:
+        keys, values = cache.k.astype(a.dtype), cache.v.astype(a.dtype)
+      else:
+        keys = jax.lax.dynamic_index_in_dim(cache.k, layer, 0, keepdims=False).astype(a.dtype)
+        values = jax.lax.dynamic_index_in_dim(cache.v, layer, 0, keepdims=False).astype(a.dtype)
     else:
       keys, values = kk, v
     b, t = q.shape[:2]
@@ -290,7 +326,7 @@ class Decoder(nn.Module):
       if mask_bt is None or cache_index is None:
         raise ValueError("a KV cache needs mask_bt (valid slots) and cache_index")
       query_slots = cache_index + jnp.arange(t)
-      key_slots = jnp.arange(cache.k.shape[2])
+      key_slots = jnp.arange(cache.slots)
       key_valid = mask_bt.astype(bool)
       cache_index = jnp.asarray(cache_index, jnp.int32)
     mask_bts = (key_slots[None, None, :] <= query_slots[None, :, None]) & key_valid[:, None, :]
@@ -299,15 +335,29 @@ class Decoder(nn.Module):
     layer_cls = DecoderLayer
     if a.remat:
       layer_cls = nn.remat(layer_cls, prevent_cse=False, static_argnums=())
-    stack = nn.scan(
-      layer_cls,
-      variable_axes={"params": 0, "lora": 0},
-      split_rngs={"params": True},
-      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-      length=a.num_layers,
-      metadata_params={nn.PARTITION_NAME: "layers"},
-    )(a, mesh, name="layers")
-    (x, cache), _ = stack((x, cache), jnp.arange(a.num_layers), cos, sin, mask_bts, cache_index)
+    if a.scan_layers:
+      stack = nn.scan(
+        layer_cls,
+        variable_axes={"params": 0, "lora": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=a.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )(a, mesh, name="layers")
+      (x, cache), _ = stack((x, cache), jnp.arange(a.num_layers), cos, sin, mask_bts, cache_index)
+    else:
+      # One program per layer, each with its own weight arrays. XLA:CPU copies a scanned layer's
+      # weight slice before every matmul; for memory-bound decoding that doubles the weight reads.
+      k_out, v_out = [], []
+      for i in range(a.num_layers):
+        layer_cache = None if cache is None else KVCache(cache.k[i], cache.v[i])
+        (x, layer_cache), _ = layer_cls(a, mesh, name=f"layers_{i}")(
+          (x, layer_cache), None, cos, sin, mask_bts, cache_index
+        )
+        if layer_cache is not None:
+          k_out.append(layer_cache.k)
+          v_out.append(layer_cache.v)
+      cache = None if cache is None else KVCache(tuple(k_out), tuple(v_out))
 
     if last_only:  # prefill needs only the next-token logits: skip [B, T, vocab]
       x = x[:, -1:]
@@ -335,6 +385,19 @@ class Decoder(nn.Module):
 def positions_from_mask(mask_bt: Array) -> Array:
   """Rotary positions for left-padded rows: 0 at the first real token, pads clipped to 0."""
   return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def unstack_layers(variables: dict, num_layers: int) -> dict:
+  """Stacked `layers` subtrees ([L, ...] leaves) -> `layers_0` ... `layers_{L-1}`, per collection."""
+  out = {}
+  for collection, tree in variables.items():
+    tree = dict(tree)
+    stacked = tree.pop("layers", None)
+    if stacked is not None:
+      for i in range(num_layers):
+        tree[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    out[collection] = tree
+  return out
 
 
 def init_abstract(args: ModelArgs, mesh: Mesh | None = None) -> Any:

@@ -30,7 +30,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from jerp_jax.model.llama import CACHE_AXES, Decoder, KVCache
+from jerp_jax.model import llama
+from jerp_jax.model.llama import Decoder, KVCache
 from jerp_jax.parallel import mesh as mesh_lib
 
 
@@ -43,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.stop_strings = ()  # e.g. ("</action>",)
   c.min_prompt_bucket = 32  # prompt lengths are padded to powers of two from here
   c.decode_chunk = 16  # decode steps per device call when stop strings need host checks
+  # 'auto': unroll the layers while sampling on CPU only (see Sampler); 'true' / 'false' force it.
+  c.unroll_layers = "auto"
   c.seed = 0
   return c
 
@@ -61,6 +64,12 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     fail("top_k", ">= 0 (0 means off)")
   if c.decode_chunk < 1:
     fail("decode_chunk", "a positive integer")
+  if c.unroll_layers not in ("auto", "true", "false"):
+    fail("unroll_layers", "'auto', 'true' or 'false'")
+
+
+def unroll_option(c: ml_collections.ConfigDict) -> bool | None:
+  return {"auto": None, "true": True, "false": False}[c.unroll_layers]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +85,7 @@ class Completion:
 class DecodeState:
   tokens: jax.Array  # [B, P + N] int32: left-padded prompt, then generated tokens
   valid: jax.Array  # [B, P + N] bool: slots holding real tokens
-  cache: KVCache  # [L, B, P + N, K, H]
+  cache: KVCache  # [L, B, P + N, K, H] (or per-layer tuples when unrolled)
   positions: jax.Array  # [B] rotary position of the next token to feed
   logprobs: jax.Array  # [B, N] float32
   done: jax.Array  # [B] bool
@@ -144,9 +153,21 @@ class Sampler:
     max_seq_len: int | None = None,
     min_prompt_bucket: int = 32,
     decode_chunk: int = 16,
+    unroll_layers: bool | None = None,
   ):
+    # Unrolled layers decode ~1.3-2x faster on XLA:CPU (no per-step copy of each scanned layer's
+    # weights) at the price of a second, per-layer copy of the weights while sampling. On GPU/TPU
+    # the scanned slice fuses into the matmul, so the stacked layout is kept (None: decide by
+    # backend).
+    if unroll_layers is None:
+      unroll_layers = jax.default_backend() == "cpu"
+    self.stacked_args = model.args
+    self.unstack = unroll_layers and model.args.scan_layers
+    if self.unstack:
+      model = Decoder(model.args.replace(scan_layers=False), model.mesh)
     self.model = model
     self.mesh = mesh
+    self._prepared: tuple[list, Any] | None = None
     self.eos_ids = tuple(int(e) for e in eos_ids)
     self.pad_id = int(pad_id)
     self.tokenizer = tokenizer
@@ -156,16 +177,38 @@ class Sampler:
     self.batch_shards = mesh_lib.mesh_axis_size(mesh, "act_batch")
     self._row = mesh_lib.sharding(mesh, ("act_batch",))
     self._row_len = mesh_lib.sharding(mesh, ("act_batch", None))
-    self._cache = mesh_lib.sharding(mesh, CACHE_AXES)
+    self._cache = jax.tree.map(
+      lambda axes: mesh_lib.sharding(mesh, axes),
+      llama.cache_axes(model.args),
+      is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, str) for a in x),
+    )
+
+  def prepare(self, variables: dict) -> dict:
+    """The weights in the layout this sampler runs (per-layer arrays when unrolling).
+
+    Converting copies the weights once; the result for the last weights seen is kept, so calling
+    generate() again with the same arrays costs nothing.
+    """
+    if not self.unstack:
+      return variables
+    leaves = jax.tree.leaves(variables)
+    if self._prepared is not None and len(leaves) == len(self._prepared[0]):
+      if all(a is b for a, b in zip(leaves, self._prepared[0])):
+        return self._prepared[1]
+    abstract = llama.init_abstract(self.model.args, self.mesh)
+    shardings = mesh_lib.tree_shardings(self.mesh, abstract)
+    shardings = {c: shardings[c] for c in variables}
+    unstack = functools.partial(llama.unstack_layers, num_layers=self.model.args.num_layers)
+    prepared = jax.jit(unstack, out_shardings=shardings)(variables)
+    self._prepared = (leaves, prepared)
+    return prepared
 
   # Compiled once per (shapes, static options); weights are arguments.
   @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
   def _prefill(self, variables, tokens, valid, rng, p, greedy, top_k, top_p, temperature):
     b, total = tokens.shape
     args = self.model.args
-    cache = jax.lax.with_sharding_constraint(
-      KVCache.zeros(args, b, total, args.dtype), KVCache(self._cache, self._cache)
-    )
+    cache = jax.lax.with_sharding_constraint(KVCache.zeros(args, b, total, args.dtype), self._cache)
     prompt_valid = valid[:, :p]
     positions = jnp.maximum(jnp.cumsum(prompt_valid.astype(jnp.int32), axis=1) - 1, 0)
     logits, cache = self.model.apply(
@@ -266,6 +309,7 @@ class Sampler:
       tokens[i, p - 1] = self.pad_id
       valid[i, p - 1] = True
 
+    variables = self.prepare(variables)
     greedy = temperature == 0
     temp = jnp.float32(1.0 if greedy else temperature)
     static = (greedy, int(top_k), float(top_p))

@@ -159,3 +159,24 @@ def test_remat_gives_same_loss_and_grads():
   remat = jax.grad(lambda p: loss(remat_model, p))(lm.variables["params"])
   for x, y in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+
+
+def test_unrolled_layers_equal_scanned_layers():
+  lm = _tiny_lora()
+  trained = dict(lm.variables, lora=jax.tree.map(lambda x: x + 0.05, lm.variables["lora"]))
+  unrolled = llama.Decoder(lm.args.replace(scan_layers=False))
+  per_layer = llama.unstack_layers(trained, lm.args.num_layers)
+  assert sorted(per_layer["params"]) == ["embedding", "final_norm", "layers_0", "layers_1"]
+  assert per_layer["lora"]["layers_1"]["q_proj"]["a"].shape == (64, 4)
+  tokens = jnp.asarray([[3, 14, 15, 92, 65], [2, 7, 1, 8, 28]])
+  pos = jnp.arange(5)[None].repeat(2, 0)
+  want, _ = lm.model.apply(trained, tokens, pos)
+  got, _ = unrolled.apply(per_layer, tokens, pos)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  # The KV-cache path too: prefill 3 tokens into a cache of 5 slots, then feed 2 more.
+  for model, variables in ((lm.model, trained), (unrolled, per_layer)):
+    cache = llama.KVCache.zeros(model.args, 2, 5)
+    valid = jnp.ones((2, 5), bool)
+    _, cache = model.apply(variables, tokens[:, :3], pos[:, :3], valid, cache, 0)
+    logits, _ = model.apply(variables, tokens[:, 3:], pos[:, 3:], valid, cache, 3)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(want[:, 3:]), atol=1e-5)

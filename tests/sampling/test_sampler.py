@@ -174,3 +174,27 @@ def test_bad_input_is_named(tiny):
   with pytest.raises(ValueError, match=r"sampling.top_p=1.5: expected a number in \(0, 1\]"):
     sampler_lib.validate_config(cfg)
   assert isinstance(cfg, ml_collections.ConfigDict)
+
+
+def test_unrolled_and_scanned_sampling_agree(tiny):
+  lm, _ = tiny
+  prompts = [[5, 6, 7, 8], [9, 10], [11]]
+  outs = []
+  for unroll in (False, True):
+    s = Sampler(
+      lm.model,
+      lm.mesh,
+      lm.tokenizer.eos_ids,
+      lm.tokenizer.pad_id,
+      lm.tokenizer,
+      max_seq_len=256,
+      min_prompt_bucket=16,
+      unroll_layers=unroll,
+    )
+    assert s.model.args.scan_layers == (not unroll)
+    outs.append(s.generate(lm.variables, prompts, 8, temperature=1.0, seed=4))
+    if unroll:  # weights are converted once and reused while they do not change
+      assert s.prepare(lm.variables) is s.prepare(dict(lm.variables))
+  for a, b in zip(*outs):
+    assert a.token_ids == b.token_ids
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
