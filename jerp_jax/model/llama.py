@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax import traverse_util
 from jax.sharding import Mesh
 
 from jerp_jax.model.config import ModelArgs
@@ -385,6 +386,30 @@ class Decoder(nn.Module):
 def positions_from_mask(mask_bt: Array) -> Array:
   """Rotary positions for left-padded rows: 0 at the first real token, pads clipped to 0."""
   return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def merge_lora(variables: dict, lora_scale: float) -> dict:
+  """{'params': ...} with every adapter folded into its kernel: W + A·B·alpha/rank.
+
+  Works on stacked ([L, ...]) and unrolled layers alike. The merged model computes what the
+  adapted one does up to float rounding, with no low-rank matmuls.
+  """
+  params = traverse_util.flatten_dict(dict(variables["params"]), sep="/")
+  for key, a in traverse_util.flatten_dict(dict(variables.get("lora", {})), sep="/").items():
+    if not key.endswith("/a"):
+      continue
+    module = key[: -len("/a")]
+    b = variables["lora"]
+    for part in module.split("/") + ["b"]:
+      b = b[part]
+    kernel = params[module + "/kernel"]
+    lead = a.ndim + b.ndim - 2 - kernel.ndim  # 1 when layers are stacked, else 0
+    rank = a.shape[-1]
+    delta = a.reshape(a.shape[:lead] + (-1, rank)) @ b.reshape(b.shape[:lead] + (rank, -1))
+    params[module + "/kernel"] = kernel + (delta.reshape(kernel.shape) * lora_scale).astype(
+      kernel.dtype
+    )
+  return {"params": traverse_util.unflatten_dict(params, sep="/")}
 
 
 def unstack_layers(variables: dict, num_layers: int) -> dict:

@@ -13,6 +13,7 @@ device only its own shard. Peak host memory is one stacked parameter, never a mo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -22,7 +23,6 @@ import jax
 import ml_dtypes
 import numpy as np
 from absl import logging
-from flax import linen as nn
 from flax import traverse_util
 
 from jerp_jax.model import config as config_lib
@@ -328,24 +328,6 @@ def load_params(
 # --- export -------------------------------------------------------------------------------------
 
 
-def merge_lora(args: ModelArgs, variables: dict) -> dict:
-  """The `params` tree with every adapter folded in: W + A·B·alpha/rank (host float32)."""
-  params = traverse_util.flatten_dict(nn.unbox(variables["params"]), sep="/")
-  lora = traverse_util.flatten_dict(nn.unbox(variables.get("lora", {})), sep="/")
-  merged = {k: np.asarray(v, np.float32) for k, v in params.items()}
-  for key in lora:
-    if not key.endswith("/a"):
-      continue
-    module = key[:-2]
-    a = np.asarray(lora[key], np.float32)  # [L, *in, r]
-    b = np.asarray(lora[module + "/b"], np.float32)  # [L, r, *out]
-    a2 = a.reshape(a.shape[0], -1, a.shape[-1])
-    b2 = b.reshape(b.shape[0], b.shape[1], -1)
-    kernel = merged[module + "/kernel"]
-    merged[module + "/kernel"] = kernel + (a2 @ b2).reshape(kernel.shape) * args.lora_scale
-  return merged
-
-
 def export_hf(
   args: ModelArgs,
   variables: dict,
@@ -359,7 +341,13 @@ def export_hf(
 
   dtype = dtype or args.param_dtype
   os.makedirs(out_dir, exist_ok=True)
-  params = merge_lora(args, variables)
+  from jerp_jax.model import llama  # pylint: disable=import-outside-toplevel
+
+  merged = jax.jit(functools.partial(llama.merge_lora, lora_scale=args.lora_scale))(variables)
+  params = {
+    k: np.asarray(v, np.float32)
+    for k, v in traverse_util.flatten_dict(merged["params"], sep="/").items()
+  }
   by_path = {r.ours: r for r in HF_TABLE}
   tensors: dict[str, np.ndarray] = {}
   for path, value in params.items():

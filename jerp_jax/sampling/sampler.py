@@ -184,22 +184,31 @@ class Sampler:
     )
 
   def prepare(self, variables: dict) -> dict:
-    """The weights in the layout this sampler runs (per-layer arrays when unrolling).
+    """The weights in the form this sampler runs: LoRA merged, per-layer arrays when unrolling.
 
-    Converting copies the weights once; the result for the last weights seen is kept, so calling
-    generate() again with the same arrays costs nothing.
+    Merging adapters takes ~420 small matmuls per step off the decode path. The conversion runs
+    once per set of weights: the result for the last arrays seen is kept, so calling generate()
+    again with the same weights costs nothing.
     """
-    if not self.unstack:
+    if not self.unstack and "lora" not in variables:
       return variables
     leaves = jax.tree.leaves(variables)
     if self._prepared is not None and len(leaves) == len(self._prepared[0]):
       if all(a is b for a, b in zip(leaves, self._prepared[0])):
         return self._prepared[1]
-    abstract = llama.init_abstract(self.model.args, self.mesh)
+    abstract = llama.init_abstract(self.model.args.replace(lora_rank=0), self.mesh)
     shardings = mesh_lib.tree_shardings(self.mesh, abstract)
-    shardings = {c: shardings[c] for c in variables}
-    unstack = functools.partial(llama.unstack_layers, num_layers=self.model.args.num_layers)
-    prepared = jax.jit(unstack, out_shardings=shardings)(variables)
+    num_layers, scale, unstack = (
+      self.model.args.num_layers,
+      self.model.args.lora_scale,
+      self.unstack,
+    )
+
+    def convert(v):
+      v = llama.merge_lora(v, scale) if "lora" in v else v
+      return llama.unstack_layers(v, num_layers) if unstack else v
+
+    prepared = jax.jit(convert, out_shardings=shardings)(variables)
     self._prepared = (leaves, prepared)
     return prepared
 

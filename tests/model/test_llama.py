@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jerp_jax.model import build, config as model_config, llama, presets, weights
+from jerp_jax.model import build, config as model_config, llama, presets
 from tests.conftest import FIXTURES, one_device_mesh
 
 HF = os.path.join(FIXTURES, "hf")
@@ -116,11 +116,9 @@ def test_lora_delta_is_scaled_low_rank_product():
   tokens = jnp.asarray([[3, 14, 15, 92, 65]])
   pos = jnp.arange(5)[None]
   adapted, _ = lm.model.apply(trained, tokens, pos)
-  merged = weights.merge_lora(lm.args, trained)  # W + A·B·(8/4), on the host
-  from flax import traverse_util
-
-  params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()})
-  folded, _ = lm.model.apply({"params": params}, tokens, pos)
+  merged = llama.merge_lora(trained, lm.args.lora_scale)  # W + A·B·(8/4)
+  assert list(merged) == ["params"]
+  folded, _ = lm.model.apply(merged, tokens, pos)
   np.testing.assert_allclose(np.asarray(adapted), np.asarray(folded), atol=1e-5)
 
 
@@ -180,3 +178,19 @@ def test_unrolled_layers_equal_scanned_layers():
     _, cache = model.apply(variables, tokens[:, :3], pos[:, :3], valid, cache, 0)
     logits, _ = model.apply(variables, tokens[:, 3:], pos[:, 3:], valid, cache, 3)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(want[:, 3:]), atol=1e-5)
+
+
+def test_merge_lora_exact_numbers():
+  kernel = jnp.ones((1, 2, 3))  # one stacked layer, in 2, out 3
+  a = jnp.asarray([[[1.0], [2.0]]])  # [L, in, r=1]
+  b = jnp.asarray([[[1.0, 0.0, -1.0]]])  # [L, r, out]
+  variables = {
+    "params": {"layers": {"up_proj": {"kernel": kernel}}},
+    "lora": {"layers": {"up_proj": {"a": a, "b": b}}},
+  }
+  merged = llama.merge_lora(variables, lora_scale=0.5)["params"]["layers"]["up_proj"]["kernel"]
+  np.testing.assert_array_equal(np.asarray(merged), [[[1.5, 1.0, 0.5], [2.0, 1.0, 0.0]]])
+  unrolled = llama.merge_lora(llama.unstack_layers(variables, 1), lora_scale=0.5)
+  np.testing.assert_array_equal(
+    np.asarray(unrolled["params"]["layers_0"]["up_proj"]["kernel"]), np.asarray(merged[0])
+  )

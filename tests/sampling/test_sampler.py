@@ -198,3 +198,32 @@ def test_unrolled_and_scanned_sampling_agree(tiny):
   for a, b in zip(*outs):
     assert a.token_ids == b.token_ids
     np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def test_lora_is_merged_for_sampling_and_logprobs_match_the_adapted_model():
+  cfg = model_config.get_config()
+  cfg.preset, cfg.random_init = "tiny", True
+  cfg.lora.rank, cfg.lora.alpha = 4, 8.0
+  lm = build.build(cfg, one_device_mesh(), seed=2)
+  lm.variables = dict(
+    params=jax.tree.map(lambda x: x * 20 if x.ndim > 1 else x, lm.variables["params"]),
+    lora=jax.tree.map(lambda x: x + 0.3, lm.variables["lora"]),
+  )
+  for unroll in (False, True):
+    s = Sampler(
+      lm.model,
+      lm.mesh,
+      lm.tokenizer.eos_ids,
+      lm.tokenizer.pad_id,
+      lm.tokenizer,
+      max_seq_len=256,
+      min_prompt_bucket=16,
+      unroll_layers=unroll,
+    )
+    assert list(s.prepare(lm.variables)) == ["params"]
+    out = s.generate(lm.variables, [[5, 6, 7], [8]], 8, temperature=1.0, seed=9)
+    for c in out:  # the full forward pass runs the unmerged adapters
+      np.testing.assert_allclose(c.logprobs, full_forward_logprobs(lm, c), atol=2e-4)
+  base = s.generate({"params": lm.variables["params"]}, [[5, 6, 7]], 8, temperature=0)
+  adapted = s.generate(lm.variables, [[5, 6, 7]], 8, temperature=0)
+  assert base[0].token_ids != adapted[0].token_ids  # adapters off is another model
