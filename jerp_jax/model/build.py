@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 from flax import linen as nn
-from flax import traverse_util
 from jax.sharding import Mesh
 
 from jerp_jax.model import config as config_lib
@@ -74,19 +73,15 @@ def check_mesh(args: ModelArgs, mesh: Mesh) -> None:
   )
 
 
-def _flat(tree) -> dict[str, Any]:
-  return traverse_util.flatten_dict(tree, sep="/")
-
-
 def _tokenizer(path: str, required: bool):
   from jerp_jax.model import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
 
   try:
     return tokenizer_lib.load_tokenizer(path)
-  except FileNotFoundError:
+  except (FileNotFoundError, ValueError) as e:
     if required:
       raise
-    logging.warning("%s has no tokenizer files: set model.tokenizer to generate text", path)
+    logging.warning("no tokenizer with the weights (%s): set model.tokenizer to generate text", e)
     return None
 
 
@@ -108,13 +103,8 @@ def build(cfg: ml_collections.ConfigDict, mesh: Mesh, seed: int = 0) -> LoadedMo
 
   if path:
     source = weights.open_source(path)
-    flat_abstract = {f"params/{k}": v for k, v in _flat(abstract["params"]).items()}
-    flat_shardings = {f"params/{k}": v for k, v in _flat(shardings["params"]).items()}
-    loaded = weights.load_params(source, args, flat_abstract, flat_shardings)
     variables = {
-      "params": traverse_util.unflatten_dict(
-        {k[len("params/") :]: v for k, v in loaded.items()}, sep="/"
-      )
+      "params": weights.load_params(source, args, abstract["params"], shardings["params"])
     }
     if "lora" in abstract:
       variables.update(init(["lora"]))

@@ -17,11 +17,12 @@ import functools
 import json
 import os
 import re
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import ml_dtypes
 import numpy as np
+import tqdm
 from absl import logging
 from flax import traverse_util
 
@@ -62,21 +63,21 @@ class Rule:
 
 _L = "model.layers.{i}."
 HF_TABLE: tuple[Rule, ...] = (
-  Rule("model.embed_tokens.weight", "params/embedding", "copy"),
-  Rule("model.norm.weight", "params/final_norm/scale", "copy"),
-  Rule("lm_head.weight", "params/lm_head", "linear"),  # absent when embeddings are tied
-  Rule(_L + "input_layernorm.weight", "params/layers/input_norm/scale", "copy"),
-  Rule(_L + "post_attention_layernorm.weight", "params/layers/post_attn_norm/scale", "copy"),
-  Rule(_L + "self_attn.q_proj.weight", "params/layers/q_proj/kernel", "linear"),
-  Rule(_L + "self_attn.k_proj.weight", "params/layers/k_proj/kernel", "linear"),
-  Rule(_L + "self_attn.v_proj.weight", "params/layers/v_proj/kernel", "linear"),
-  Rule(_L + "self_attn.q_proj.bias", "params/layers/q_proj/bias", "flat"),
-  Rule(_L + "self_attn.k_proj.bias", "params/layers/k_proj/bias", "flat"),
-  Rule(_L + "self_attn.v_proj.bias", "params/layers/v_proj/bias", "flat"),
-  Rule(_L + "self_attn.o_proj.weight", "params/layers/o_proj/kernel", "linear", in_dims=2),
-  Rule(_L + "mlp.gate_proj.weight", "params/layers/gate_proj/kernel", "linear"),
-  Rule(_L + "mlp.up_proj.weight", "params/layers/up_proj/kernel", "linear"),
-  Rule(_L + "mlp.down_proj.weight", "params/layers/down_proj/kernel", "linear"),
+  Rule("model.embed_tokens.weight", "embedding", "copy"),
+  Rule("model.norm.weight", "final_norm/scale", "copy"),
+  Rule("lm_head.weight", "lm_head", "linear"),  # absent when embeddings are tied
+  Rule(_L + "input_layernorm.weight", "layers/input_norm/scale", "copy"),
+  Rule(_L + "post_attention_layernorm.weight", "layers/post_attn_norm/scale", "copy"),
+  Rule(_L + "self_attn.q_proj.weight", "layers/q_proj/kernel", "linear"),
+  Rule(_L + "self_attn.k_proj.weight", "layers/k_proj/kernel", "linear"),
+  Rule(_L + "self_attn.v_proj.weight", "layers/v_proj/kernel", "linear"),
+  Rule(_L + "self_attn.q_proj.bias", "layers/q_proj/bias", "flat"),
+  Rule(_L + "self_attn.k_proj.bias", "layers/k_proj/bias", "flat"),
+  Rule(_L + "self_attn.v_proj.bias", "layers/v_proj/bias", "flat"),
+  Rule(_L + "self_attn.o_proj.weight", "layers/o_proj/kernel", "linear", in_dims=2),
+  Rule(_L + "mlp.gate_proj.weight", "layers/gate_proj/kernel", "linear"),
+  Rule(_L + "mlp.up_proj.weight", "layers/up_proj/kernel", "linear"),
+  Rule(_L + "mlp.down_proj.weight", "layers/down_proj/kernel", "linear"),
 )
 
 # llama.cpp name -> HF name. `{i}` is the layer.
@@ -269,40 +270,42 @@ def read_model_args(path: str, **runtime) -> ModelArgs:
 # --- import -------------------------------------------------------------------------------------
 
 
-def _expand(rule: Rule, num_layers: int) -> Iterator[tuple[int | None, str]]:
+def hf_names(rule: Rule, num_layers: int) -> list[str]:
+  """The checkpoint tensors behind one of our parameters (one per layer when stacked)."""
   if "{i}" in rule.hf:
-    for i in range(num_layers):
-      yield i, rule.hf.format(i=i)
-  else:
-    yield None, rule.hf
+    return [rule.hf.format(i=i) for i in range(num_layers)]
+  return [rule.hf]
 
 
-def load_params(
-  source,
-  args: ModelArgs,
-  abstract_params: dict,
-  shardings: dict,
-  progress: Callable[[str], None] | None = None,
-) -> dict:
-  """Our `params` tree, sharded, from an HF-named tensor source.
+def load_params(source, args: ModelArgs, abstract_params: dict, shardings: dict) -> dict:
+  """Our `params` tree, each leaf placed in its sharding, from an HF-named tensor source.
 
-  abstract_params/shardings: flat dicts path -> ShapeDtypeStruct / Sharding for the `params`
-  collection (paths like 'params/layers/q_proj/kernel').
+  abstract_params / shardings: the `params` collection's tree of ShapeDtypeStructs / Shardings.
   """
+  abstract_params = traverse_util.flatten_dict(abstract_params, sep="/")
+  shardings = traverse_util.flatten_dict(shardings, sep="/")
   available = source.names()
   by_path = {r.ours: r for r in HF_TABLE}
   out = {}
   used = set()
-  for path, leaf in abstract_params.items():
+  # Progress on stderr: a multi-GB checkpoint takes a while to read.
+  items = tqdm.tqdm(
+    abstract_params.items(),
+    desc=f"loading {os.path.basename(source.path)}",
+    unit="param",
+    leave=False,
+    disable=None,
+  )
+  for path, leaf in items:
     rule = by_path.get(path)
     if rule is None:
-      raise KeyError(f"no weight-table rule for parameter {path}")
+      raise ValueError(f"no weight-table rule for parameter {path}")
     stacked = "{i}" in rule.hf
     shape = tuple(leaf.shape[1:]) if stacked else tuple(leaf.shape)
     parts = []
-    for _, name in _expand(rule, args.num_layers):
+    for name in hf_names(rule, args.num_layers):
       if name not in available:
-        raise KeyError(f"{source.path}: tensor {name!r} is missing (needed for {path})")
+        raise ValueError(f"{source.path}: tensor {name!r} is missing (needed for {path})")
       w = source.get(name)
       if w.size != int(np.prod(shape)):
         raise ValueError(
@@ -315,14 +318,12 @@ def load_params(
     out[path] = jax.make_array_from_callback(
       host.shape, shardings[path], lambda idx, h=host: h[idx]
     )
-    if progress:
-      progress(path)
   unused = available - used
   if unused:
     logging.info(
       "%s: %d checkpoint tensors not used (e.g. %s)", source.path, len(unused), sorted(unused)[:3]
     )
-  return out
+  return traverse_util.unflatten_dict(out, sep="/")
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -351,12 +352,11 @@ def export_hf(
   by_path = {r.ours: r for r in HF_TABLE}
   tensors: dict[str, np.ndarray] = {}
   for path, value in params.items():
-    rule = by_path[f"params/{path}"]
-    if "{i}" in rule.hf:
-      for i in range(args.num_layers):
-        tensors[rule.hf.format(i=i)] = np.ascontiguousarray(rule.to_hf(value[i]))
-    else:
-      tensors[rule.hf] = np.ascontiguousarray(rule.to_hf(value))
+    rule = by_path[path]
+    names = hf_names(rule, args.num_layers)
+    parts = value if "{i}" in rule.hf else [value]
+    for name, part in zip(names, parts, strict=True):
+      tensors[name] = np.ascontiguousarray(rule.to_hf(part))
   tensors = {k: v.astype(np_dtype(dtype)) for k, v in tensors.items()}
 
   shards: list[dict[str, np.ndarray]] = [{}]
