@@ -18,8 +18,8 @@ def setup(config: ml_collections.ConfigDict) -> tuple[build.LoadedModel, sampler
   lm = build.build(config.model, mesh, seed=config.seed)
   if lm.tokenizer is None:
     raise ValueError(
-      f"model.preset={config.model.preset!r} with random weights has no tokenizer; "
-      "set model.path to a checkpoint"
+      f"the model from {lm.source} has no tokenizer: set model.tokenizer to an HF folder or a "
+      ".gguf file that has one"
     )
   sampler = sampler_lib.Sampler(
     lm.model,

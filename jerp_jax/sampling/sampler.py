@@ -161,7 +161,6 @@ class Sampler:
     # backend).
     if unroll_layers is None:
       unroll_layers = jax.default_backend() == "cpu"
-    self.stacked_args = model.args
     self.unstack = unroll_layers and model.args.scan_layers
     if self.unstack:
       model = Decoder(model.args.replace(scan_layers=False), model.mesh)
@@ -198,15 +197,11 @@ class Sampler:
         return self._prepared[1]
     abstract = llama.init_abstract(self.model.args.replace(lora_rank=0), self.mesh)
     shardings = mesh_lib.tree_shardings(self.mesh, abstract)
-    num_layers, scale, unstack = (
-      self.model.args.num_layers,
-      self.model.args.lora_scale,
-      self.unstack,
-    )
+    args, unstack = self.model.args, self.unstack
 
     def convert(v):
-      v = llama.merge_lora(v, scale) if "lora" in v else v
-      return llama.unstack_layers(v, num_layers) if unstack else v
+      v = llama.merge_lora(v, args.lora_scale) if "lora" in v else v
+      return llama.unstack_layers(v, args.num_layers) if unstack else v
 
     prepared = jax.jit(convert, out_shardings=shardings)(variables)
     self._prepared = (leaves, prepared)

@@ -28,14 +28,13 @@ def tiny():
   lm = build.build(cfg, one_device_mesh(), seed=1)
   # Larger random weights than the init's 0.02 so that the distribution is far from uniform.
   lm.variables = jax.tree.map(lambda x: x * 20 if x.ndim > 1 else x, lm.variables)
-  return lm, Sampler(
-    lm.model,
-    lm.mesh,
-    lm.tokenizer.eos_ids,
-    lm.tokenizer.pad_id,
-    lm.tokenizer,
-    max_seq_len=256,
-    min_prompt_bucket=16,
+  return lm, tiny_sampler(lm)
+
+
+def tiny_sampler(lm, **kw):
+  tok = lm.tokenizer
+  return Sampler(
+    lm.model, lm.mesh, tok.eos_ids, tok.pad_id, tok, max_seq_len=256, min_prompt_bucket=16, **kw
   )
 
 
@@ -181,16 +180,7 @@ def test_unrolled_and_scanned_sampling_agree(tiny):
   prompts = [[5, 6, 7, 8], [9, 10], [11]]
   outs = []
   for unroll in (False, True):
-    s = Sampler(
-      lm.model,
-      lm.mesh,
-      lm.tokenizer.eos_ids,
-      lm.tokenizer.pad_id,
-      lm.tokenizer,
-      max_seq_len=256,
-      min_prompt_bucket=16,
-      unroll_layers=unroll,
-    )
+    s = tiny_sampler(lm, unroll_layers=unroll)
     assert s.model.args.scan_layers == (not unroll)
     outs.append(s.generate(lm.variables, prompts, 8, temperature=1.0, seed=4))
     if unroll:  # weights are converted once and reused while they do not change
@@ -210,16 +200,7 @@ def test_lora_is_merged_for_sampling_and_logprobs_match_the_adapted_model():
     lora=jax.tree.map(lambda x: x + 0.3, lm.variables["lora"]),
   )
   for unroll in (False, True):
-    s = Sampler(
-      lm.model,
-      lm.mesh,
-      lm.tokenizer.eos_ids,
-      lm.tokenizer.pad_id,
-      lm.tokenizer,
-      max_seq_len=256,
-      min_prompt_bucket=16,
-      unroll_layers=unroll,
-    )
+    s = tiny_sampler(lm, unroll_layers=unroll)
     assert list(s.prepare(lm.variables)) == ["params"]
     out = s.generate(lm.variables, [[5, 6, 7], [8]], 8, temperature=1.0, seed=9)
     for c in out:  # the full forward pass runs the unmerged adapters
