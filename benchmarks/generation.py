@@ -59,6 +59,7 @@ from absl import app, flags, logging  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
 from jerp_jax.model import build, presets  # pylint: disable=wrong-import-position
+from jerp_jax.model import config as model_config  # pylint: disable=wrong-import-position
 from jerp_jax.parallel import mesh as mesh_lib  # pylint: disable=wrong-import-position
 from jerp_jax.sampling import sampler as sampler_lib  # pylint: disable=wrong-import-position
 
@@ -287,7 +288,8 @@ def main(argv: Sequence[str]) -> None:
   prompts = {b: make_prompts(ours.lm.tokenizer, b, plen) for b in batches}
   print(
     f"model: {config.model.preset} from {ours.lm.source} "
-    f"(dtype={config.model.dtype}, param_dtype={config.model.param_dtype}); "
+    f"(dtype={model_config.resolve_dtype(config.model.dtype)}, "
+    f"param_dtype={model_config.resolve_dtype(config.model.param_dtype)}); "
     f"{cores} cores, {cpu_name()}; jax {jax.__version__} on {jax.devices()[0].platform}; "
     f"prompt_len={plen}, new_tokens={new}, greedy, best of {repeats}",
     flush=True,
@@ -387,8 +389,8 @@ def main(argv: Sequence[str]) -> None:
       "prompt_len": plen,
       "new_tokens": new,
       "repeats": repeats,
-      "dtype": config.model.dtype,
-      "param_dtype": config.model.param_dtype,
+      "dtype": model_config.resolve_dtype(config.model.dtype),
+      "param_dtype": model_config.resolve_dtype(config.model.param_dtype),
       "device": f"{jax.devices()[0].platform}: {cpu_name()} ({cores} cores)",
       "jax": jax.__version__,
       "torch": torch_version,

@@ -59,3 +59,15 @@ def test_lora_targets_from_a_comma_list():
   opts = model_config.runtime_options(cfg)
   assert opts["lora_targets"] == ("q_proj", "v_proj")
   assert model_config.ModelArgs(**presets.PRESETS["tiny"], **opts).lora_scale == 1.0
+
+
+def test_auto_dtypes_follow_the_backend(monkeypatch):
+  cfg = model_config.get_config()
+  assert (cfg.dtype, cfg.param_dtype) == ("auto", "auto")
+  opts = model_config.runtime_options(cfg)
+  assert (opts["dtype"], opts["param_dtype"]) == ("float32", "float32")  # tests run on CPU
+  monkeypatch.setattr(model_config.jax, "default_backend", lambda: "tpu")
+  opts = model_config.runtime_options(cfg)
+  assert (opts["dtype"], opts["param_dtype"]) == ("bfloat16", "bfloat16")
+  cfg.dtype = "float32"
+  assert model_config.runtime_options(cfg)["dtype"] == "float32"
