@@ -1,0 +1,45 @@
+"""Environments by name. Each entry is a module that provides:
+
+  get_config() -> ml_collections.ConfigDict   # with `name`, `max_steps`, `data_dir`, ...
+  SPLITS: tuple[str, ...]                      # split names this environment accepts
+  TASK_TYPES: tuple[str, ...]                  # task types, in reporting order
+  load_tasks(config, split) -> list[Task]      # fails clearly on a bad folder, split or type
+  make_env(config) -> TextEnv                  # called inside pool workers, config as a dict
+
+Modules are imported lazily so that choosing WebShop never imports TextWorld and vice versa.
+A dotted module path is accepted as a name too, for environments that live outside the package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+from typing import Any, Mapping
+
+from jerp_jax.envs import base
+
+ENVS = {
+  "alfworld": "jerp_jax.envs.alfworld",
+  "webshop": "jerp_jax.envs.webshop",
+}
+
+
+def env_module(name: str) -> types.ModuleType:
+  if name in ENVS:
+    return importlib.import_module(ENVS[name])
+  if "." in name:
+    return importlib.import_module(name)
+  raise ValueError(
+    f"env.name={name!r} is not a known environment; expected one of {list(ENVS)} "
+    "or a dotted module path"
+  )
+
+
+def make_env(config: Mapping[str, Any]) -> base.TextEnv:
+  """Builds the named environment wrapped in its step limit. `config` may be a plain dict."""
+  env = env_module(config["name"]).make_env(config)
+  return base.TimeLimit(env, int(config["max_steps"]))
+
+
+def load_tasks(config, split: str) -> list[base.Task]:
+  return env_module(config.name).load_tasks(config, split)
