@@ -306,6 +306,7 @@ class EnvPool:
         try:
           slot, result, seconds, fault = conn.recv()
         except (EOFError, OSError):
+          self._workers[w].process.join(timeout=2)  # reap it, so its exit code is known
           code = self._workers[w].process.exitcode
           reason = f"worker {w} died (exit code {code}) during {command}"
           replace_worker(w, reason, reason)
