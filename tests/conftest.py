@@ -1,6 +1,7 @@
 """Shared test setup: 8 virtual CPU devices (for mesh tests) and the embedded model, loaded once."""
 
 import os
+import pathlib
 
 # Must happen before jax is imported anywhere: sharding tests build a 2x2x2 mesh on these.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -11,6 +12,8 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+# CI clones the project with the workplace's shared data folder beside it.
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def one_device_mesh():
@@ -31,3 +34,10 @@ def smollm2():
     lm.model, mesh, lm.tokenizer.eos_ids, lm.tokenizer.pad_id, lm.tokenizer, max_seq_len=2048
   )
   return lm, sampler
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+  if not SHARED.is_dir():
+    pytest.fail(f"{SHARED} is missing: the tests need the shared data folder beside the repository")
+  return SHARED
