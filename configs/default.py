@@ -6,6 +6,7 @@ Runs on a fresh 2-core CPU with no download. Override any field from the command
 
 import ml_collections
 
+from jerp_jax.envs import actions, alfworld, pool
 from jerp_jax.model import config as model_config
 from jerp_jax.parallel import mesh
 from jerp_jax.sampling import sampler
@@ -19,6 +20,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling = sampler.get_config()
   c.sampling.max_new_tokens = 64
   c.sampling.temperature = 0.0
+  # ALFWorld games generated offline (env.data_dir='' ); point data_dir at a json_2.1.1 release
+  # for the real games. `configs/webshop.py` swaps in WebShop.
+  c.env = alfworld.get_config()
+  c.pool = pool.get_config()
+  c.actions = actions.get_config()
   # What `python -m jerp_jax.main --mode=generate` answers (the main job until the JERP loop).
   c.generate = ml_collections.ConfigDict()
   c.generate.prompts = (

@@ -1,0 +1,16 @@
+"""The embedded default on WebShop: a synthetic catalogue unless env.data_dir names real data.
+
+  python -m jerp_jax.evaluate --config=configs/webshop.py --policy=expert --split=test \
+      --config.env.data_dir=../shared/webshop/data
+"""
+
+import ml_collections
+
+from configs import default
+from jerp_jax.envs import webshop
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = default.get_config()
+  c.env = webshop.get_config()
+  return c
