@@ -1,0 +1,138 @@
+"""Text embeddings from the policy model itself: the mean of its final (normed) hidden states.
+
+One jitted forward pass per (batch, length bucket): texts are tokenized, cut to `max_tokens`,
+right-padded to a power-of-two length, and the batch padded to `batch_size` rows, so a run
+compiles a handful of programs. Right padding needs no position fix-up: causal attention keeps
+real tokens from seeing the pads after them. Vectors are L2-normalised, so a dot product is a
+cosine similarity. Results are cached by text; the cache is emptied when the weights change
+(the arrays passed in are compared by identity, as the sampler does).
+
+With `weights='base'` (the default) the adapters are left out: embeddings of the frozen base model
+do not drift as LoRA trains, so the cache and the index stay valid for the whole run.
+This module never retrieves or ranks: RuleIndex does.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jerp_jax.model.llama import Decoder
+
+WEIGHTS = ("base", "policy")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.weights = "base"  # 'base': frozen model without adapters (stable); 'policy': with LoRA
+  c.max_tokens = 128  # longer texts are cut (rules are short; task texts a sentence)
+  c.batch_size = 16
+  c.min_bucket = 16  # token lengths are padded to powers of two from here
+  c.cache_size = 100_000  # texts kept; the oldest go first
+  return c
+
+
+def validate_config(c: ml_collections.ConfigDict, prefix: str = "rules.embed") -> None:
+  def fail(field, expected):
+    raise ValueError(f"{prefix}.{field}={c[field]!r}: expected {expected}")
+
+  if c.weights not in WEIGHTS:
+    fail("weights", f"one of {WEIGHTS}")
+  for field in ("max_tokens", "batch_size", "min_bucket", "cache_size"):
+    if not isinstance(c[field], int) or c[field] < 1:
+      fail(field, "a positive integer")
+
+
+def select_weights(variables: dict, weights: str) -> dict:
+  """The variables a component runs with: all of them ('policy') or the base model ('base')."""
+  if weights not in WEIGHTS:
+    raise ValueError(f"weights={weights!r}: expected one of {WEIGHTS}")
+  if weights == "base":
+    return {k: v for k, v in variables.items() if k != "lora"}
+  return variables
+
+
+class Embedder:
+  """texts -> [n, hidden] float32 unit vectors, with the given model weights."""
+
+  def __init__(
+    self,
+    model: Decoder,
+    tokenizer: Any,
+    weights: str = "base",
+    max_tokens: int = 128,
+    batch_size: int = 16,
+    min_bucket: int = 16,
+    cache_size: int = 100_000,
+  ):
+    if weights not in WEIGHTS:
+      raise ValueError(f"weights={weights!r}: expected one of {WEIGHTS}")
+    self.model = model
+    self.tokenizer = tokenizer
+    self.weights = weights
+    self.max_tokens = max_tokens
+    self.batch_size = batch_size
+    self.min_bucket = min_bucket
+    self.cache_size = cache_size
+    self.cache: dict[str, np.ndarray] = {}
+    self._weights_seen: list | None = None
+    self.forward_rows = 0  # texts actually run through the model (tests, metrics)
+
+  @classmethod
+  def from_config(cls, c: ml_collections.ConfigDict, model: Decoder, tokenizer: Any) -> Embedder:
+    validate_config(c)
+    return cls(model, tokenizer, c.weights, c.max_tokens, c.batch_size, c.min_bucket, c.cache_size)
+
+  @property
+  def dim(self) -> int:
+    return self.model.args.hidden_size
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def _embed(self, variables, tokens_bt, mask_bt):
+    positions = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
+    hidden_btd, _ = self.model.apply(variables, tokens_bt, positions, mask_bt, return_hidden=True)
+    m = mask_bt.astype(jnp.float32)[..., None]
+    mean_bd = jnp.sum(hidden_btd.astype(jnp.float32) * m, axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
+    return mean_bd / jnp.maximum(jnp.linalg.norm(mean_bd, axis=-1, keepdims=True), 1e-6)
+
+  def _check_weights(self, variables: dict) -> None:
+    leaves = jax.tree.leaves(variables)
+    seen = self._weights_seen
+    if seen is None or len(seen) != len(leaves) or any(a is not b for a, b in zip(leaves, seen)):
+      self.cache.clear()
+      self._weights_seen = leaves
+
+  def embed(self, variables: dict, texts: Sequence[str]) -> np.ndarray:
+    """[len(texts), hidden] float32, unit rows. Cached texts cost nothing."""
+    variables = select_weights(variables, self.weights)
+    self._check_weights(variables)
+    missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+    for start in range(0, len(missing), self.batch_size):
+      chunk = missing[start : start + self.batch_size]
+      ids = [self.tokenizer.encode(t)[: self.max_tokens] or [self.tokenizer.pad_id] for t in chunk]
+      length = max(self.min_bucket, 1 << math.ceil(math.log2(max(len(i) for i in ids))))
+      tokens = np.full((self.batch_size, length), self.tokenizer.pad_id, np.int32)
+      mask = np.zeros((self.batch_size, length), bool)
+      for row, seq in enumerate(ids):
+        tokens[row, : len(seq)] = seq
+        mask[row, : len(seq)] = True
+      mask[len(ids) :, 0] = True  # filler rows: one real token, so no row divides by zero
+      vectors = np.asarray(self._embed(variables, jnp.asarray(tokens), jnp.asarray(mask)))
+      self.forward_rows += len(chunk)
+      for text, v in zip(chunk, vectors[: len(chunk)]):
+        self.cache[text] = v
+    while len(self.cache) > self.cache_size:  # dicts keep insertion order: drop the oldest
+      self.cache.pop(next(iter(self.cache)))
+    if not texts:
+      return np.zeros((0, self.dim), np.float32)
+    return np.stack([self.cache[t] for t in texts]).astype(np.float32)
+
+  def bind(self, variables: dict):
+    """texts -> vectors with these weights: the `embed_fn` RuleIndex takes."""
+    return lambda texts: self.embed(variables, texts)

@@ -1,0 +1,401 @@
+"""The reviser: the model itself turns this epoch's rollouts into rule edits.
+
+For each task key with something to learn from, one prompt holds the task, the rules a task of
+its type sees (ids, scores, scopes), a compact view of this epoch's failed and successful rollouts
+and a reference success (the ReferenceStore's best, or else one of this epoch's wins). Groups with
+no failure, or with neither a reference nor a success, are skipped and counted. All prompts go to
+the model in one batch; the model's text is parsed line by line.
+
+Edit line format (strict; one edit per line; the first word is upper-case; spaces around ':' and
+',' are tolerated, nothing else is):
+
+    ADD <scope>: <rule text>            <scope> is the task's type or 'global'
+    EDIT R<id>: <new rule text>
+    UPVOTE R<id>
+    DOWNVOTE R<id>
+    MERGE R<id>,R<id>[,R<id>...]: <merged rule text>
+    REMOVE R<id>
+
+A well-formed line is still rejected when it names an id that was not in its prompt, a scope other
+than the two allowed, a text that the pool refuses (empty, over `max_rule_chars` — texts are never
+cut —, control characters, chat-template markers), an id already touched earlier in the same
+output, or comes after `max_edits_per_revision` accepted edits. Blank lines are ignored; any other
+line is counted as malformed. Nothing the model writes can break the pool's invariants: the parser
+only proposes, and RulePool.apply checks again (an edit that conflicts with an earlier group's,
+e.g. on a rule that group removed, is rejected there).
+
+Which weights write the edits is the config's choice: the current policy (default, the paper's
+"same model") or the frozen base model without adapters. The reviser never trains or retrieves;
+it takes a `generate` function (prompts -> texts), so tests can script the model.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+from typing import Any, Callable, Sequence
+
+import ml_collections
+
+from jerp_jax.rules.embed import WEIGHTS, select_weights
+from jerp_jax.rules.episodes import EpisodeRecord
+from jerp_jax.rules.pool import (
+  GLOBAL_SCOPE,
+  Edit,
+  RuleError,
+  RulePool,
+  normalize_text,
+  text_problem,
+)
+from jerp_jax.rules.reference import ReferenceStore
+
+GenerateFn = Callable[[Sequence[str]], list[str]]
+
+_ID = r"R(\d{1,9})"
+_LINE_FORMS = {
+  "ADD": re.compile(r"ADD\s+([A-Za-z0-9_\-]{1,64})\s*:\s*(.*)"),
+  "EDIT": re.compile(rf"EDIT\s+{_ID}\s*:\s*(.*)"),
+  "UPVOTE": re.compile(rf"UPVOTE\s+{_ID}"),
+  "DOWNVOTE": re.compile(rf"DOWNVOTE\s+{_ID}"),
+  "MERGE": re.compile(r"MERGE\s+(R\d{1,9}(?:\s*,\s*R\d{1,9})+)\s*:\s*(.*)"),
+  "REMOVE": re.compile(rf"REMOVE\s+{_ID}"),
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.weights = "policy"  # 'policy': current LoRA policy (the paper) | 'base': frozen base model
+  c.max_new_tokens = 256
+  c.temperature = 0.7
+  c.top_p = 1.0
+  c.seed = 0
+  c.max_edits_per_revision = 6  # accepted edits per task group; later lines are rejected
+  c.max_failed_shown = 2  # failed rollouts shown per prompt
+  c.max_steps_shown = 10  # last steps of each rollout shown
+  c.max_obs_chars = 160  # each observation is cut to this
+  # Rollout views shrink until a prompt fits (~4 chars a token: 6000 leaves SmolLM2's 2048-token
+  # context room for the answer). Rules and instructions are never cut.
+  c.max_prompt_chars = 6000
+  return c
+
+
+def validate_config(c: ml_collections.ConfigDict, prefix: str = "rules.reviser") -> None:
+  def fail(field, expected):
+    raise ValueError(f"{prefix}.{field}={c[field]!r}: expected {expected}")
+
+  if c.weights not in WEIGHTS:
+    fail("weights", f"one of {WEIGHTS}")
+  for field in (
+    "max_new_tokens",
+    "max_edits_per_revision",
+    "max_failed_shown",
+    "max_steps_shown",
+    "max_obs_chars",
+    "max_prompt_chars",
+  ):
+    if not isinstance(c[field], int) or c[field] < 1:
+      fail(field, "a positive integer")
+  if c.temperature < 0:
+    fail("temperature", ">= 0 (0 means greedy)")
+  if not 0 < c.top_p <= 1:
+    fail("top_p", "a number in (0, 1]")
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ParseResult:
+  edits: list[Edit]
+  rejected: list[tuple[str, str]]  # (line cut to 200 chars, reason) for refused well-formed lines
+  malformed: int  # non-blank lines in none of the forms
+
+
+def _ids(text: str) -> tuple[int, ...]:
+  return tuple(int(t.strip()[1:]) for t in text.split(","))
+
+
+def parse_edits(
+  text: str,
+  known_ids: set[int] | frozenset[int],
+  allowed_scopes: Sequence[str],
+  max_rule_chars: int,
+  max_edits: int,
+) -> ParseResult:
+  """The model's output -> the edits it may make; every other line is rejected or malformed."""
+  edits: list[Edit] = []
+  rejected: list[tuple[str, str]] = []
+  malformed = 0
+  touched: set[int] = set()
+  for raw in str(text).splitlines():
+    line = raw.strip()
+    if not line:
+      continue
+    op, match = None, None
+    for name, form in _LINE_FORMS.items():
+      match = form.fullmatch(line)
+      if match:
+        op = name
+        break
+    if op is None:
+      malformed += 1
+      continue
+    shown = line if len(line) <= 200 else line[:200] + "..."  # reports stay small
+
+    def reject(reason: str, shown=shown):
+      rejected.append((shown, reason))
+
+    if op == "ADD":
+      ids, scope, body = (), match.group(1), match.group(2)
+    elif op == "EDIT":
+      ids, scope, body = (int(match.group(1)),), "", match.group(2)
+    elif op == "MERGE":
+      ids, scope, body = _ids(match.group(1)), "", match.group(2)
+    else:
+      ids, scope, body = (int(match.group(1)),), "", ""
+    if len(edits) >= max_edits:
+      reject("over max_edits_per_revision")
+      continue
+    if op == "ADD" and scope not in allowed_scopes:
+      reject("scope not allowed")
+      continue
+    if any(i not in known_ids for i in ids):
+      reject("unknown id")
+      continue
+    if len(set(ids)) != len(ids):
+      reject("repeated id")
+      continue
+    if any(i in touched for i in ids):
+      reject("id already edited")
+      continue
+    text_norm = ""
+    if op in ("ADD", "EDIT", "MERGE"):
+      text_norm = normalize_text(body)
+      problem = text_problem(text_norm, max_rule_chars)
+      if problem:
+        reject(problem)
+        continue
+    if op == "ADD" and any(e.op == "ADD" and e.text == text_norm for e in edits):
+      reject("duplicate ADD")
+      continue
+    touched.update(ids)
+    edits.append(Edit(op, ids, text_norm, scope))
+  return ParseResult(edits, rejected, malformed)
+
+
+# --- prompts ------------------------------------------------------------------------------------
+
+_INSTRUCTIONS = """\
+Compare the failed attempts with the successful one and improve the rules, so that an agent that \
+reads them fails less on tasks like this one. Write at most {max_edits} edits, one per line, each \
+in exactly one of these forms:
+ADD <scope>: <rule text>
+EDIT R<id>: <new rule text>
+UPVOTE R<id>
+DOWNVOTE R<id>
+MERGE R<id>,R<id>: <merged rule text>
+REMOVE R<id>
+<scope> is {task_type} or global. Use only the rule ids listed above. A rule text is one short \
+general instruction of at most {max_chars} characters. Write only edit lines, nothing else."""
+
+
+def _cut(text: str, n: int) -> str:
+  text = " ".join(str(text).split())
+  return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def render_episode(e: EpisodeRecord, title: str, max_steps: int, max_obs_chars: int) -> str:
+  shown = e.steps[-max_steps:]
+  skipped = len(e.steps) - len(shown)
+  head = f"{title} ({len(e.steps)} steps"  # the title says whether it failed
+  head += f"; the last {len(shown)} shown):" if skipped else "):"
+  lines = [head]
+  for n, (obs, act) in enumerate(shown, start=skipped + 1):
+    lines.append(f"{n}. saw: {_cut(obs, max_obs_chars)} | did: {_cut(act, max_obs_chars)}")
+  return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class RevisionGroup:
+  task_key: str
+  task_text: str
+  task_type: str
+  failures: list[EpisodeRecord]
+  successes: list[EpisodeRecord]
+  reference: EpisodeRecord | None  # from the store, else the shortest of `successes`
+  shown_ids: frozenset[int] = frozenset()
+  prompt: str = ""
+
+
+@dataclasses.dataclass
+class RevisionReport:
+  groups: int = 0  # task keys seen
+  revised: int = 0  # groups that got a prompt
+  skipped_no_failure: int = 0
+  skipped_no_success: int = 0  # a failure, but neither a reference nor a success
+  proposed: int = 0  # well-formed edit lines
+  applied: int = 0
+  rejected: int = 0  # well-formed but refused, by the parser's limits or by the pool
+  malformed: int = 0  # non-blank lines in none of the forms
+  applied_by_op: dict[str, int] = dataclasses.field(default_factory=dict)
+  rejected_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+  prompts: list[str] = dataclasses.field(default_factory=list)
+  outputs: list[str] = dataclasses.field(default_factory=list)
+
+  def metrics(self) -> dict[str, int]:
+    """Scalar counts for the metrics writer (prompts and outputs left out)."""
+    out = {
+      k: v for k, v in dataclasses.asdict(self).items() if isinstance(v, int) and k != "prompts"
+    }
+    out.update({f"applied_{op.lower()}": n for op, n in sorted(self.applied_by_op.items())})
+    return out
+
+
+class Reviser:
+  def __init__(self, config: ml_collections.ConfigDict, generate: GenerateFn):
+    validate_config(config)
+    self.config = config
+    self.generate = generate
+
+  def groups(
+    self, episodes: Sequence[EpisodeRecord], reference_store: ReferenceStore | None
+  ) -> tuple[list[RevisionGroup], RevisionReport]:
+    """Episodes by task key (in first-seen order), with the skips counted."""
+    by_key: dict[str, list[EpisodeRecord]] = collections.OrderedDict()
+    for e in episodes:
+      by_key.setdefault(e.task_key, []).append(e)
+    report = RevisionReport(groups=len(by_key))
+    groups = []
+    for key, eps in by_key.items():
+      failures = [e for e in eps if not e.won]
+      successes = sorted((e for e in eps if e.won), key=lambda e: len(e.steps))
+      if not failures:
+        report.skipped_no_failure += 1
+        continue
+      reference = reference_store.get(key) if reference_store is not None else None
+      if reference is None and successes:
+        reference = successes[0]
+      if reference is None:
+        report.skipped_no_success += 1
+        continue
+      first = eps[0]
+      groups.append(
+        RevisionGroup(key, first.task_text, first.task_type, failures, successes, reference)
+      )
+    return groups, report
+
+  def build_prompt(self, group: RevisionGroup, pool: RulePool) -> str:
+    """The group's prompt; rollouts are shown shorter until it fits `max_prompt_chars`.
+
+    The rules and the instructions are always shown in full; the view of each rollout shrinks
+    (fewer steps, then shorter observations) so that the prompt stays within the model's context.
+    """
+    c = self.config
+    rules = sorted(pool.for_task(group.task_type), key=lambda r: (-r.score, r.id))
+    group.shown_ids = frozenset(r.id for r in rules)
+    head = [
+      "You maintain the rules that guide an agent in a text-based household environment.",
+      f"Task: {_cut(group.task_text, 300)}",
+      f"Task type: {group.task_type}",
+      "",
+      "Current rules (id, score, scope):",
+    ]
+    head += [f"R{r.id} (score {r.score}, {r.scope}): {r.text}" for r in rules] or ["(none yet)"]
+    tail = _INSTRUCTIONS.format(
+      max_edits=c.max_edits_per_revision, task_type=group.task_type, max_chars=pool.max_rule_chars
+    )
+    shown = [
+      (e, f"Failed attempt {n}") for n, e in enumerate(group.failures[: c.max_failed_shown], 1)
+    ]
+    shown += [(e, "Successful attempt") for e in group.successes if e is not group.reference][:1]
+    title = "Reference success" + (" (expert)" if group.reference.source == "expert" else "")
+    shown.append((group.reference, title))
+    steps, obs_chars = c.max_steps_shown, c.max_obs_chars
+    while True:
+      views = [render_episode(e, t, steps, obs_chars) for e, t in shown]
+      prompt = "\n\n".join(["\n".join(head)] + views + [tail])
+      if len(prompt) <= c.max_prompt_chars or (steps == 1 and obs_chars <= 40):
+        break
+      if steps > 1:
+        steps = max(1, steps // 2)
+      else:
+        obs_chars = max(40, obs_chars // 2)
+    group.prompt = prompt
+    return prompt
+
+  def revise(
+    self,
+    pool: RulePool,
+    episodes: Sequence[EpisodeRecord],
+    reference_store: ReferenceStore | None = None,
+    epoch: int = 0,
+  ) -> RevisionReport:
+    """Prompts the model once per informative group and applies the edits it wrote."""
+    groups, report = self.groups(episodes, reference_store)
+    if not groups:
+      return report
+    prompts = [self.build_prompt(g, pool) for g in groups]
+    outputs = list(self.generate(prompts))
+    if len(outputs) != len(prompts):
+      raise ValueError(f"generate returned {len(outputs)} texts for {len(prompts)} prompts")
+    report.revised = len(groups)
+    report.prompts, report.outputs = prompts, outputs
+    applied_by_op: collections.Counter[str] = collections.Counter()
+    reasons: collections.Counter[str] = collections.Counter()
+    for group, text in zip(groups, outputs):
+      parsed = parse_edits(
+        text,
+        group.shown_ids,
+        (group.task_type, GLOBAL_SCOPE),
+        pool.max_rule_chars,
+        self.config.max_edits_per_revision,
+      )
+      report.malformed += parsed.malformed
+      report.proposed += len(parsed.edits) + len(parsed.rejected)
+      for _, reason in parsed.rejected:
+        reasons[reason] += 1
+      for edit in parsed.edits:
+        try:
+          pool.apply(edit, epoch=epoch, source=f"task:{group.task_key}")
+        except RuleError as e:
+          reasons[f"pool: {e.kind}"] += 1
+          continue
+        applied_by_op[edit.op] += 1
+    report.applied = sum(applied_by_op.values())
+    report.rejected = sum(reasons.values())
+    report.applied_by_op = dict(sorted(applied_by_op.items()))
+    report.rejected_reasons = dict(sorted(reasons.items()))
+    return report
+
+
+def make_generate_fn(
+  sampler: Any, variables: dict, config: ml_collections.ConfigDict
+) -> GenerateFn:
+  """prompts -> texts with the real model: chat template, the configured weights, one batch.
+
+  `sampler` is a jerp_jax.sampling.sampler.Sampler with a tokenizer. Special tokens (the end of
+  turn) are dropped from the text, so they cannot make a last edit line malformed. Each call uses
+  a new seed, so two revisions of one epoch do not sample the same way.
+  """
+  validate_config(config)
+  if sampler.tokenizer is None:
+    raise ValueError("the reviser's sampler needs a tokenizer")
+  weights = select_weights(variables, config.weights)
+  tokenizer = sampler.tokenizer
+  calls = [0]
+
+  def generate(prompts: Sequence[str]) -> list[str]:
+    ids = [tokenizer.encode_chat([{"role": "user", "content": p}]) for p in prompts]
+    completions = sampler.generate(
+      weights,
+      ids,
+      config.max_new_tokens,
+      temperature=config.temperature,
+      top_p=config.top_p,
+      seed=config.seed + calls[0],
+    )
+    calls[0] += 1
+    return [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+
+  return generate
