@@ -6,6 +6,7 @@ Runs on a fresh 2-core CPU with no download. Override any field from the command
 
 import ml_collections
 
+from jerp_jax import rules
 from jerp_jax.envs import actions, alfworld, pool
 from jerp_jax.model import config as model_config
 from jerp_jax.parallel import mesh
@@ -25,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.env = alfworld.get_config()
   c.pool = pool.get_config()
   c.actions = actions.get_config()
+  c.rules = rules.get_config()
   # What `python -m jerp_jax.main --mode=generate` answers (the main job until the JERP loop).
   c.generate = ml_collections.ConfigDict()
   c.generate.prompts = (
