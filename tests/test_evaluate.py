@@ -1,3 +1,8 @@
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from jerp_jax import evaluate
@@ -46,20 +51,19 @@ def test_a_policy_without_an_action_ends_the_episode():
   assert episodes[0].failure == "policy gave no action" and episodes[0].length == 0
 
 
-def run_cli(*args):
-  import json
-  import os
-  import subprocess
-  import sys
-
+def evaluate_cli(*args) -> subprocess.CompletedProcess:
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run(
+  return subprocess.run(
     [sys.executable, "-m", "jerp_jax.evaluate", *args],
     cwd=root,
     capture_output=True,
     text=True,
     timeout=600,
   )
+
+
+def run_cli(*args):
+  out = evaluate_cli(*args)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1]), out
 
@@ -86,15 +90,7 @@ def test_webshop_oracle_on_the_first_500_real_goals(shared_dir):
 
 
 def test_unknown_split_is_a_clear_error():
-  import subprocess
-  import sys
-
-  out = subprocess.run(
-    [sys.executable, "-m", "jerp_jax.evaluate", "--config=configs/webshop.py", "--split=nope"],
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  out = evaluate_cli("--config=configs/webshop.py", "--split=nope")
   assert out.returncode != 0
   assert "--split='nope' is not a split of webshop; expected one of" in out.stderr
 
