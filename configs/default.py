@@ -1,15 +1,20 @@
-"""The embedded default: SmolLM2-135M-Instruct from the installed GGUF, on whatever devices exist.
+"""The embedded default: a complete JERP run of SmolLM2-135M-Instruct on generated ALFWorld games.
 
-Runs on a fresh 2-core CPU with no download. Override any field from the command line, e.g.
+Runs on a fresh 2-core CPU with no download, in a few minutes: `python -m jerp_jax.main`. It is
+sized for that budget (short episodes, few tasks, LoRA rank 8, a sample of turns per update), not
+to reproduce the paper: `configs/alfworld_paper.py` and `configs/webshop_paper.py` hold the
+paper's settings. Override any field from the command line, e.g. `--config.jerp.mode=grpo` or
 `--config.model.path=/data/Qwen2.5-1.5B-Instruct --config.model.preset=qwen2.5-1.5b-instruct`.
 """
 
 import ml_collections
 
-from jerp_jax import rules
+from jerp_jax import checkpoint, jerp, rules
+from jerp_jax.agent import prompt
 from jerp_jax.envs import actions, alfworld, pool
 from jerp_jax.model import config as model_config
 from jerp_jax.parallel import mesh
+from jerp_jax.rl import advantages, learner
 from jerp_jax.sampling import sampler
 
 
@@ -17,18 +22,54 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = model_config.get_config()
+  c.model.max_seq_len = 1024
+  c.model.lora.rank = 8
+  c.model.lora.alpha = 16.0
   c.mesh = mesh.get_config()
+  # Rollout sampling: temperature 1 (GRPO needs different answers within a group); answers stop
+  # at the closing action tag.
   c.sampling = sampler.get_config()
-  c.sampling.max_new_tokens = 64
-  c.sampling.temperature = 0.0
-  # ALFWorld games generated offline (env.data_dir='' ); point data_dir at a json_2.1.1 release
+  c.sampling.max_new_tokens = 24
+  c.sampling.temperature = 1.0
+  c.sampling.stop_strings = ("</action>",)
+  # ALFWorld games generated offline (env.data_dir=''); point data_dir at a json_2.1.1 release
   # for the real games. `configs/webshop.py` swaps in WebShop.
   c.env = alfworld.get_config()
+  c.env.max_steps = 8
+  c.env.generated.num_train = 16
+  c.env.generated.num_eval_in_distribution = 8
   c.pool = pool.get_config()
   c.actions = actions.get_config()
+  c.agent = prompt.get_config()
+  # A 135M model has no room to think in 24 tokens: ask for the action alone.
+  c.agent.answer_format = (
+    "Reply with exactly one admissible action inside <{tag}> </{tag}>, for example "
+    "<{tag}>look</{tag}>."
+  )
+  c.agent.history_window = 1
+  c.agent.max_observation_chars = 300
+  c.agent.max_admissible = 30
   c.rules = rules.get_config()
-  # What `python -m jerp_jax.main --mode=generate` answers (the main job until the JERP loop).
+  c.rules.reference.seed_from_expert = True  # the reviser needs a success to compare with
+  c.rules.reviser.max_new_tokens = 96
+  c.rules.reviser.max_prompt_chars = 2800  # ~800 tokens: within max_seq_len with the answer
+  c.rl = ml_collections.ConfigDict()
+  c.rl.advantages = advantages.get_config()
+  c.rl.learner = learner.get_config()
+  c.rl.learner.lr = 1e-4
+  c.rl.learner.micro_batch_size = 4
+  c.jerp = jerp.get_config()
+  c.jerp.epochs = 3
+  c.jerp.tasks_per_epoch = 4
+  c.jerp.group_size = 2
+  c.jerp.max_update_turns = 16
+  c.jerp.eval_limit = 6
+  c.jerp.eval_every = 0
+  c.checkpoint = checkpoint.get_config()
+  # What `python -m jerp_jax.main --mode=generate` answers, greedily.
   c.generate = ml_collections.ConfigDict()
+  c.generate.temperature = 0.0
+  c.generate.max_new_tokens = 64
   c.generate.prompts = (
     "What is the capital of France?",
     "You are in a kitchen. Your task is to: put a clean mug in the coffeemachine. "

@@ -1,4 +1,4 @@
-"""A random-weight model with SmolLM2's vocabulary: fast to compile, for tests and smoke runs."""
+"""A random-weight model with SmolLM2's vocabulary and a two-epoch JERP run: tests, smoke runs."""
 
 import ml_collections
 
@@ -9,6 +9,21 @@ def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.model.preset = "tiny"
   c.model.random_init = True
-  c.model.max_seq_len = 512
+  c.model.max_seq_len = 1024
+  c.model.lora.rank = 4
+  c.model.lora.alpha = 8.0
   c.sampling.max_new_tokens = 16
+  c.env.max_steps = 3
+  c.env.generated.num_train = 4
+  c.env.generated.num_eval_in_distribution = 2
+  c.agent.max_observation_chars = 120
+  c.agent.max_admissible = 8
+  c.rules.reviser.max_new_tokens = 32
+  c.rules.reviser.max_prompt_chars = 1500
+  c.rl.learner.micro_batch_size = 2
+  c.jerp.epochs = 2
+  c.jerp.tasks_per_epoch = 2
+  c.jerp.group_size = 2
+  c.jerp.max_update_turns = 8
+  c.jerp.eval_limit = 2
   return c

@@ -13,4 +13,5 @@ from jerp_jax.envs import webshop
 def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.env = webshop.get_config()
+  c.env.max_steps = 8  # CPU-sized, like the ALFWorld default
   return c

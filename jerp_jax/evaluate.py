@@ -1,19 +1,24 @@
-"""Evaluation on a named split: `python -m jerp_jax.evaluate --config=CONFIG --policy=expert
---split=SPLIT`.
+"""Evaluation on a named split.
+
+    python -m jerp_jax.evaluate --config=CONFIG --policy=model --checkpoint=RUN_DIR --split=SPLIT
+    python -m jerp_jax.evaluate --config=CONFIG --policy=expert --split=SPLIT
 
 Runs every task of the split through the EnvPool with the chosen policy and prints success
 overall and per task type, ending with one JSON line: `success` (overall rate in [0, 1]),
 `success_by_type`, `episodes`, `score` (mean episode score × 100: WebShop's score), the mean
-episode length and how many episodes ended by a fault. The `expert` policy plays the
-environment's own expert (ALFWorld's walkthrough, WebShop's oracle), so this works before any
-training exists and checks the environments end to end.
+episode length and how many episodes ended by a fault; the model policy adds `invalid_rate`.
+`model` plays the trained policy with its rule pool from a run's latest checkpoint (or the
+config's untrained weights without --checkpoint), greedily by default; it writes the JSON report
+and a PNG learning curve (success by task type against epoch, from the run's metrics) into the
+run folder. `expert` plays the environment's own expert (ALFWorld's walkthrough, WebShop's
+oracle), so the environments can be checked end to end before any training exists.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
+import os
 import sys
 import time
 from typing import Callable, Sequence
@@ -22,27 +27,29 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from jerp_jax import reports
 from jerp_jax.envs import base, pool as pool_lib, registry
+from jerp_jax.reports import Episode, summarize
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.")
-_POLICY = flags.DEFINE_enum("policy", "expert", ["expert"], "Who chooses the actions.")
+_POLICY = flags.DEFINE_enum("policy", "expert", ["expert", "model"], "Who chooses the actions.")
+_CHECKPOINT = flags.DEFINE_string(
+  "checkpoint", None, "--policy=model: a run folder (its latest checkpoint) to evaluate."
+)
+_STEP = flags.DEFINE_integer(
+  "step", None, "--policy=model: the checkpoint's epoch (default: latest)."
+)
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (the env's split names).")
 _LIMIT = flags.DEFINE_integer("limit", None, "Evaluate only the first N tasks of the split.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Episodes stepped together through the pool.")
-_REPORT = flags.DEFINE_string("report", None, "Also write per-episode records as JSON here.")
+_REPORT = flags.DEFINE_string(
+  "report",
+  None,
+  "Write the figures and per-episode records as JSON here (model: default in the run).",
+)
 
 # A policy sees the latest result of every running slot and answers an action for each.
 Policy = Callable[[Sequence[base.StepResult]], list[str | None]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Episode:
-  task_key: str
-  task_type: str
-  won: bool
-  score: float
-  length: int
-  failure: str | None
 
 
 def expert_policy(results: Sequence[base.StepResult]) -> list[str | None]:
@@ -85,21 +92,42 @@ def run_episodes(
   return episodes
 
 
-def summarize(episodes: Sequence[Episode], task_types: Sequence[str]) -> dict:
-  """The figures of a run; per-type rates only for types that occurred, in the env's order."""
-  by_type = collections.defaultdict(list)
-  for e in episodes:
-    by_type[e.task_type].append(e.won)
-  order = [t for t in task_types if t in by_type] + sorted(set(by_type) - set(task_types))
-  n = len(episodes)
-  return {
-    "episodes": n,
-    "success": sum(e.won for e in episodes) / n if n else 0.0,
-    "success_by_type": {t: sum(by_type[t]) / len(by_type[t]) for t in order},
-    "score": 100.0 * sum(e.score for e in episodes) / n if n else 0.0,
-    "mean_length": sum(e.length for e in episodes) / n if n else 0.0,
-    "faults": sum(1 for e in episodes if e.failure and not e.failure.startswith("step limit")),
-  }
+def run_model(config, split: str) -> dict:
+  from jerp_jax import jerp  # pylint: disable=import-outside-toplevel
+
+  start = time.time()
+  if _CHECKPOINT.value:
+    figures, run = jerp.eval_only(config, _CHECKPOINT.value, split, _LIMIT.value or 0, _STEP.value)
+    records = jerp.read_metrics(_CHECKPOINT.value)
+    where = f"checkpoint of epoch {run.epoch} in {_CHECKPOINT.value}"
+  else:
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    from jerp_jax.envs import registry as reg  # pylint: disable=import-outside-toplevel
+
+    with tempfile.TemporaryDirectory() as tmp:
+      run = jerp.Run(config, tmp)
+      tasks = reg.load_tasks(config.env, split)[: _LIMIT.value or None]
+      with pool_lib.EnvPool(config.env, config.pool) as pool:
+        figures = run.evaluate(pool, tasks, jerp.epoch_seed(run.rng, 0, jerp.EVAL_ONLY))
+    records, where = [], "untrained weights from the config"
+  reports.print_figures(
+    figures,
+    f"{config.env.name} {split}, policy model ({where}): {figures['episodes']} episodes in "
+    f"{time.time() - start:.1f}s",
+  )
+  if _CHECKPOINT.value:
+    report = _REPORT.value or os.path.join(_CHECKPOINT.value, f"eval_{split}_epoch{run.epoch}.json")
+    with open(report, "w") as f:
+      json.dump({"split": split, "epoch": run.epoch, **figures}, f, indent=1)
+    print(f"  report: {report}")
+    curve = os.path.join(_CHECKPOINT.value, "learning_curve.png")
+    if reports.plot_learning_curve(records, curve, f"{config.env.name}: {config.jerp.mode}"):
+      print(f"  learning curve: {curve}")
+  elif _REPORT.value:
+    with open(_REPORT.value, "w") as f:
+      json.dump({"split": split, **figures}, f, indent=1)
+  return figures
 
 
 def main(argv: Sequence[str]) -> None:
@@ -113,6 +141,12 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(
       f"--split={split!r} is not a split of {config.env.name}; expected one of {module.SPLITS}"
     )
+  if _POLICY.value == "expert" and _CHECKPOINT.value:
+    raise app.UsageError("--checkpoint goes with --policy=model")
+  if _POLICY.value == "model":
+    figures = run_model(config, split)
+    print(json.dumps({"env": config.env.name, "split": split, "policy": "model", **figures}))
+    return
   tasks = registry.load_tasks(config.env, split)
   if _LIMIT.value is not None:
     tasks = tasks[: _LIMIT.value]
@@ -123,16 +157,11 @@ def main(argv: Sequence[str]) -> None:
     with tqdm(total=len(tasks), desc=f"{config.env.name}/{split}", unit="ep") as bar:
       episodes = run_episodes(pool, tasks, expert_policy, _BATCH.value, bar)
   figures = summarize(episodes, module.TASK_TYPES)
-  print(
-    f"\n{config.env.name} {split}, policy {_POLICY.value}: {figures['episodes']} episodes "
-    f"in {time.time() - start:.1f}s"
+  reports.print_figures(
+    figures,
+    f"{config.env.name} {split}, policy {_POLICY.value}: {figures['episodes']} episodes "
+    f"in {time.time() - start:.1f}s",
   )
-  print(
-    f"  success {figures['success']:.3f}  score {figures['score']:.1f}  "
-    f"mean length {figures['mean_length']:.1f}  faults {figures['faults']}"
-  )
-  for task_type, rate in figures["success_by_type"].items():
-    print(f"  {task_type:<36} {rate:.3f}")
   for e in episodes:
     if e.failure and not e.failure.startswith("step limit"):
       print(f"  fault in {e.task_key}: {e.failure}", file=sys.stderr)

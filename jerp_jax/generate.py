@@ -38,7 +38,7 @@ def main(argv: Sequence[str]) -> None:
   if _PROMPT.value is None:
     raise app.UsageError("--prompt is required")
   config = _CONFIG.value
-  s = config.sampling
+  s = inference.generation_settings(config)
   for name, flag in (
     ("max_new_tokens", _MAX_NEW),
     ("temperature", _TEMPERATURE),

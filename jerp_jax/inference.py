@@ -35,6 +35,22 @@ def setup(config: ml_collections.ConfigDict) -> tuple[build.LoadedModel, sampler
   return lm, sampler
 
 
+def generation_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Sampling settings for plain text generation: the config's `generate` block over `sampling`.
+
+  `sampling` is tuned for agent rollouts (temperature 1, answers cut at the action tag); answering
+  a prompt uses the `generate` block's temperature and length, and no stop strings.
+  """
+  s = ml_collections.ConfigDict(config.sampling.to_dict())
+  s.stop_strings = ()
+  g = config.get("generate")
+  if g is not None:
+    for field in ("temperature", "max_new_tokens"):
+      if field in g:
+        s[field] = g[field]
+  return s
+
+
 def prompt_ids(tokenizer, text: str, system: str | None = None, raw: bool = False) -> list[int]:
   if raw:
     return tokenizer.encode(text)

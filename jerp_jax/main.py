@@ -1,7 +1,8 @@
-"""The main entry point: `python -m jerp_jax.main --config=configs/default.py`.
+"""The main entry point: `python -m jerp_jax.main --config=configs/default.py --workdir=DIR`.
 
-Modes: `generate` answers the config's `generate.prompts` with the configured model and reports
-throughput. (The JERP training loop becomes the default mode when it lands.)
+Modes: `train` (the default) runs the JERP loop of `jerp.mode` (jerp, grpo, rules_only, react) in
+the workdir, resuming it when the workdir holds a checkpoint; `generate` answers the config's
+`generate.prompts` with the configured model and reports throughput.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 # transformers' advice that torch is absent is noise here: we use it for tokenizers only.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import json
 import time
 from typing import Sequence
 
@@ -21,7 +23,10 @@ from ml_collections import config_flags
 from jerp_jax import inference
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.")
-_MODE = flags.DEFINE_enum("mode", "generate", ["generate"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "generate"], "What to run.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", "runs/default", "Run folder: checkpoints, metrics, rules. Resumed when it has some."
+)
 
 
 def run_generate(config) -> None:
@@ -36,7 +41,7 @@ def run_generate(config) -> None:
   )
   prompts = [inference.prompt_ids(lm.tokenizer, p) for p in config.generate.prompts]
   start = time.time()
-  completions = inference.complete(lm, sampler, config.sampling, prompts)
+  completions = inference.complete(lm, sampler, inference.generation_settings(config), prompts)
   elapsed = time.time() - start
   for text, c in zip(config.generate.prompts, completions):
     answer = lm.tokenizer.decode(c.token_ids, skip_special_tokens=True)
@@ -55,6 +60,25 @@ def main(argv: Sequence[str]) -> None:
   logging.set_verbosity(logging.WARNING)
   if _MODE.value == "generate":
     run_generate(_CONFIG.value)
+  else:
+    run_train(_CONFIG.value, _WORKDIR.value)
+
+
+def run_train(config, workdir: str) -> None:
+  from jerp_jax import jerp  # pylint: disable=import-outside-toplevel
+
+  start = time.time()
+  run = jerp.Run(config, workdir)
+  summary = run.train()
+  first, final = summary["first_eval"] or {}, summary["final_eval"] or {}
+  print(
+    f"\ndone: {summary['epochs']} epochs of {summary['mode']} in {time.time() - start:.0f}s. "
+    f"Eval success {first.get('success', float('nan')):.3f} (epoch {first.get('epoch', '-')}) "
+    f"-> {final.get('success', float('nan')):.3f} (epoch {final.get('epoch', '-')}); "
+    f"{summary['rules']} rules. Run folder: {workdir}",
+    flush=True,
+  )
+  print(json.dumps(summary, default=str))
 
 
 if __name__ == "__main__":

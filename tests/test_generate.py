@@ -39,7 +39,12 @@ def test_generate_config_override_and_clear_error():
 
 
 def test_main_runs_on_the_tiny_config():
-  r = run("jerp_jax.main", "--config=configs/tiny.py", "--config.sampling.max_new_tokens=4")
+  r = run(
+    "jerp_jax.main",
+    "--mode=generate",
+    "--config=configs/tiny.py",
+    "--config.generate.max_new_tokens=4",
+  )
   assert r.returncode == 0, r.stderr
   assert "model: tiny from random init" in r.stdout
   assert r.stdout.count(">>> ") == 2 and "tokens for 2 prompts" in r.stdout

@@ -1,0 +1,1 @@
+"""The agent: per-turn prompts and the batched multi-turn rollout."""

@@ -1,0 +1,274 @@
+"""Checkpoints of a training run: everything needed to resume it exactly, saved as one step.
+
+Owns the on-disk layout of a run's checkpoints. Each saved step is one orbax step directory
+`<directory>/<step>/` holding two items:
+
+  arrays/  every jax.Array of the run (trainable parameters, optimizer state, rng key), written by
+           tensorstore shard by shard and restored straight into the shardings the caller asks
+           for, so no host ever holds a whole parameter;
+  host/    one JSON document with the host-side state (rule pool, reference store, data cursor,
+           epoch, metrics history).
+
+A checkpoint that `latest_step()` can see is complete: orbax writes a step into
+`<step>.orbax-checkpoint-tmp` and renames it to `<step>` only after every byte is written (an
+atomic POSIX rename). A process killed mid-save leaves only the tmp directory, which the listing
+ignores and the next `Checkpointer` on that directory deletes. Saves are synchronous: `save`
+returns when the step is committed, so the training loop never has to reason about a save still
+in flight when it is killed or when it mutates the host state.
+
+This module never decides when to save (the training loop reads `every_epochs`), never builds a
+train state or a mesh, and never converts host objects to dicts: callers pass trees and dicts in
+and get trees and dicts back.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+ARRAYS = "arrays"
+HOST = "host"
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.keep = 3  # the last N checkpoints are kept; older ones are deleted after each save
+  c.every_epochs = 1  # the training loop saves after every N-th epoch (and after the last one)
+  return c
+
+
+def validate_config(c: ml_collections.ConfigDict, prefix: str = "checkpoint") -> None:
+  def fail(field, expected):
+    raise ValueError(f"{prefix}.{field}={c[field]!r}: expected {expected}")
+
+  for field in ("keep", "every_epochs"):
+    # bool is an int subclass; `keep=True` is a mistake, not 1.
+    if not isinstance(c[field], int) or isinstance(c[field], bool) or c[field] < 1:
+      fail(field, "a positive integer")
+
+
+def abstract_like(tree: Any) -> Any:
+  """The restore target for `tree`: each jax.Array becomes a ShapeDtypeStruct with its sharding.
+
+  Other leaves (e.g. ShapeDtypeStructs already) pass through unchanged.
+  """
+  return jax.tree.map(
+    lambda x: (
+      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if isinstance(x, jax.Array) else x
+    ),
+    tree,
+  )
+
+
+class Checkpointer:
+  """Saves and restores (arrays tree, host dict) pairs under one directory, keeping the last few.
+
+  Typed PRNG keys (`jax.random.key`) need no special handling in orbax 0.12: orbax stores their
+  `jax.random.key_data` (uint32) with a note of the key type and wraps them back on restore when
+  the target leaf has a key dtype, as `abstract_like` gives it. Legacy uint32 keys
+  (`jax.random.PRNGKey`) are plain arrays.
+  """
+
+  def __init__(self, directory: str | os.PathLike, keep: int = 3):
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+      raise ValueError(f"keep={keep!r}: expected a positive integer")
+    self.directory = os.path.abspath(os.fspath(directory))
+    os.makedirs(self.directory, exist_ok=True)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep,
+      create=True,
+      # Synchronous: a returned save is a committed one, and the caller may mutate what it passed.
+      enable_async_checkpointing=False,
+      # Deletes `<step>.orbax-checkpoint-tmp` left by a process killed mid-save. orbax runs this
+      # in a background thread and waits for it before the next save; listing ignores tmp
+      # directories anyway, so `latest_step` is right from the start.
+      cleanup_tmp_directories=True,
+    )
+    # Handlers named up front, so metadata and restore work on a fresh manager (without them
+    # orbax only learns an item's handler from a save and warns "could not be restored").
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=options,
+      item_handlers={ARRAYS: ocp.StandardCheckpointHandler(), HOST: ocp.JsonCheckpointHandler()},
+    )
+    self._closed = False
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, arrays: Any, host: dict) -> None:
+    """Writes `arrays` (a pytree of jax.Arrays) and `host` (a JSON-able dict) as `step`.
+
+    Returns once the step is committed. Tuples in `host` come back as lists (JSON has no tuple).
+    """
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+      raise ValueError(f"step={step!r}: expected an integer >= 0")
+    latest = self.latest_step()
+    # A step at or below the latest would collide with a saved one, or leave `latest_step` naming
+    # a state older than the newest; resuming always moves forward, and a branch from an older
+    # step belongs in a new directory.
+    if latest is not None and step <= latest:
+      raise ValueError(
+        f"step={step}: the latest checkpoint in {self.directory} is step {latest}; "
+        "expected a larger step"
+      )
+    _check_arrays(arrays)
+    if not isinstance(host, dict):
+      raise TypeError(f"host is a {type(host).__name__}: expected a dict")
+    # Checked before anything is written, so a bad value names its place instead of failing in
+    # json.dumps halfway through a save.
+    _check_json(host, "host")
+    # force=True: orbax's own save policy (intervals, preemption) would otherwise skip a save
+    # silently; when to save is the training loop's decision.
+    saved = self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        **{ARRAYS: ocp.args.StandardSave(arrays), HOST: ocp.args.JsonSave(host)}
+      ),
+      force=True,
+    )
+    self._manager.wait_until_finished()
+    if not saved:
+      raise RuntimeError(f"orbax did not save step {step} in {self.directory}")
+
+  def restore(self, step: int | None, abstract_arrays: Any) -> tuple[Any, dict]:
+    """Reads `step` (None: the latest) into the structure, dtypes and shardings of the target.
+
+    `abstract_arrays` is a pytree of ShapeDtypeStructs with `.sharding` set (see `abstract_like`)
+    or of real arrays, whose shape, dtype and sharding are used (None: the saved layout on one
+    device, for inspection). Its tree structure is the one
+    returned, which is how optax's namedtuple states come back as namedtuples (on disk they are
+    plain sequences). Arrays go straight to their shardings, resharded if they were saved on
+    another layout.
+    """
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    elif step not in self._manager.all_steps():
+      raise FileNotFoundError(
+        f"no checkpoint for step {step} in {self.directory}; steps there: {self.all_steps()}"
+      )
+    if abstract_arrays is None:
+      target = self._saved_layout(step)
+    else:
+      target = _restore_target(abstract_arrays)
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        **{ARRAYS: ocp.args.StandardRestore(target), HOST: ocp.args.JsonRestore()}
+      ),
+    )
+    # After the restore, so orbax has already checked that the tree structures match.
+    self._check_dtypes(step, target)
+    return restored[ARRAYS], restored[HOST]
+
+  def _saved_layout(self, step: int) -> Any:
+    """The saved tree (as orbax stores it: namedtuples become sequences) on one device.
+
+    For inspection and comparison of runs, not for resuming: a resume passes its own target.
+    """
+    metadata = self._manager.item_metadata(step)[ARRAYS]
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      metadata,
+      is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
+    )
+
+  def _check_dtypes(self, step: int, target: Any) -> None:
+    # orbax casts each array to the target's dtype without a word; for a resume that is a bug
+    # (e.g. float32 Adam moments read into bfloat16), so a dtype that differs from the saved one
+    # fails here, naming the leaf.
+    metadata = self._manager.item_metadata(step)[ARRAYS]
+    if metadata is None:
+      return
+    # Matched by orbax's own leaf names ("opt_state.0.mu.w"), not by flattening order: jax sorts
+    # dict keys by value (2 < 10) while the names on disk are strings ("10" < "2").
+    saved = ocp.tree.to_flat_dict(metadata)
+    wrong = []
+    for key, want in ocp.tree.to_flat_dict(target).items():
+      have = saved.get(key)
+      want_dtype = want.dtype
+      if jax.dtypes.issubdtype(want_dtype, jax.dtypes.prng_key):
+        want_dtype = jax.eval_shape(
+          jax.random.key_data, jax.ShapeDtypeStruct(want.shape, want_dtype)
+        ).dtype  # stored as its key data
+      if have is not None and getattr(have, "dtype", want_dtype) != want_dtype:
+        wrong.append(f"{'.'.join(key)}: saved {have.dtype}, target {want.dtype}")
+    if wrong:
+      raise ValueError(
+        f"step {step} in {self.directory} was saved with other dtypes than the restore target: "
+        + "; ".join(wrong)
+      )
+
+  def close(self) -> None:
+    if not self._closed:
+      self._closed = True
+      self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def _check_arrays(arrays: Any) -> None:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(arrays)[0]:
+    if not isinstance(leaf, jax.Array):
+      # Host values (an epoch counter, a Python float) belong in `host`; keeping `arrays` pure
+      # jax.Arrays means every restore target can carry a sharding.
+      raise TypeError(
+        f"arrays{jax.tree_util.keystr(path)} is a {type(leaf).__name__}: expected a jax.Array "
+        "(put host values in `host`)"
+      )
+
+
+def _check_json(value: Any, where: str) -> None:
+  if value is None or isinstance(value, (bool, int, str)):
+    return
+  if isinstance(value, float):
+    # Python's json writes and reads NaN/Infinity (a NaN loss in the metrics history is real).
+    return
+  if isinstance(value, (list, tuple)):
+    for i, v in enumerate(value):
+      _check_json(v, f"{where}[{i}]")
+    return
+  if isinstance(value, dict):
+    for k, v in value.items():
+      if not isinstance(k, str):
+        # json.dumps would turn 3 into "3" and the restored dict would not match.
+        raise TypeError(f"{where} has the key {k!r}: expected str keys (JSON keeps only strings)")
+      _check_json(v, f"{where}[{k!r}]")
+    return
+  hint = " (use .item() or float())" if hasattr(value, "item") else ""
+  raise TypeError(f"{where} is a {type(value).__name__}: expected a JSON value{hint}")
+
+
+def _restore_target(tree: Any) -> Any:
+  def one(path, x):
+    if isinstance(x, jax.Array):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    if isinstance(x, jax.ShapeDtypeStruct):
+      # Without a sharding orbax would pick a placement itself; on a mesh that puts a whole
+      # parameter on one device, so it is refused rather than guessed.
+      if x.sharding is None:
+        raise ValueError(
+          f"abstract_arrays{jax.tree_util.keystr(path)} has no sharding: expected "
+          "jax.ShapeDtypeStruct(shape, dtype, sharding=...) (see abstract_like)"
+        )
+      return x
+    raise TypeError(
+      f"abstract_arrays{jax.tree_util.keystr(path)} is a {type(x).__name__}: expected a "
+      "jax.Array or a jax.ShapeDtypeStruct"
+    )
+
+  return jax.tree_util.tree_map_with_path(one, tree)

@@ -1,0 +1,348 @@
+"""The policy update: one jitted, sharded step of the token-level policy loss over a TrainBatch.
+
+Owns the optimiser (clip by global norm, then AdamW), which subtree is trained (the LoRA adapters
+or all base parameters), the frozen reference policy of the KL penalty, gradient accumulation
+over micro-batches inside one compiled program, and the skipping of non-finite steps. The loss
+itself is `jerp_jax.rl.losses`; the rows come from `jerp_jax.rl.batch.pack`. Never samples,
+never builds batches from trajectories, never saves anything.
+
+Layout: batch rows are split over the mesh's batch axes ('data', 'fsdp'); trainables and the
+optimiser moments keep the parameters' own shardings. Variables and optimiser state are donated
+to the update, so the caller must use the returned trees and drop the ones it passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jerp_jax.model import llama
+from jerp_jax.parallel import mesh as mesh_lib
+from jerp_jax.rl import losses
+from jerp_jax.rl.batch import TrainBatch, pad_rows
+
+TRAIN_MODES = ("lora", "full")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.train = "lora"  # 'lora': adapters only, base weights frozen; 'full': all base parameters
+  c.lr = 1e-5  # the paper: 3e-6
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.eps = 1e-8
+  c.weight_decay = 0.01
+  c.max_grad_norm = 1.0  # clip by global norm; 0 turns clipping off
+  # Rows per forward/backward pass; gradients of the micro-batches are summed inside one jit.
+  # Must be a multiple of the mesh's batch-axis size (every micro-batch is split over it).
+  c.micro_batch_size = 8
+  c.loss = losses.get_config()
+  return c
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def validate_config(c: ml_collections.ConfigDict, prefix: str = "rl.learner") -> None:
+  def fail(field, expected):
+    raise ValueError(f"{prefix}.{field}={c[field]!r}: expected {expected}")
+
+  if c.train not in TRAIN_MODES:
+    fail("train", f"one of {TRAIN_MODES}")
+  if not _is_number(c.lr) or c.lr <= 0:
+    fail("lr", "a positive number")
+  for field in ("b1", "b2"):
+    if not _is_number(c[field]) or not 0 <= c[field] < 1:
+      fail(field, "a number in [0, 1)")
+  if not _is_number(c.eps) or c.eps <= 0:
+    fail("eps", "a positive number")
+  if not _is_number(c.weight_decay) or c.weight_decay < 0:
+    fail("weight_decay", "a non-negative number")
+  if not _is_number(c.max_grad_norm) or c.max_grad_norm < 0:
+    fail("max_grad_norm", "a positive number, or 0 for no clipping")
+  if not isinstance(c.micro_batch_size, int) or c.micro_batch_size < 1:
+    fail("micro_batch_size", "a positive integer")
+  losses.validate_config(c.loss, f"{prefix}.loss")
+
+
+def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  adamw = optax.adamw(c.lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
+  if not c.max_grad_norm:
+    return adamw
+  return optax.chain(optax.clip_by_global_norm(c.max_grad_norm), adamw)
+
+
+def target_logprobs(
+  logits_btv: jax.Array, targets_bt: jax.Array, temperature: float
+) -> tuple[jax.Array, jax.Array]:
+  """(log p(targets) [B, T], scaled logits [B, T, V]) under softmax(logits / temperature), float32.
+
+  The target's logit is picked with a masked sum over the vocabulary rather than a gather: with
+  the vocabulary split over 'tensor' that is a local reduction plus an all-reduce, where a gather
+  would first collect the whole [B, T, V] array on every device.
+  """
+  logits_btv = logits_btv.astype(jnp.float32)
+  if temperature != 1.0:
+    logits_btv = logits_btv / temperature
+  vocab_v = jnp.arange(logits_btv.shape[-1], dtype=targets_bt.dtype)
+  picked_bt = jnp.sum(
+    jnp.where(vocab_v[None, None, :] == targets_bt[..., None], logits_btv, 0.0), axis=-1
+  )
+  return picked_bt - jax.nn.logsumexp(logits_btv, axis=-1), logits_btv
+
+
+class Learner:
+  """Holds the compiled update for one model, mesh and config; weights are always arguments."""
+
+  def __init__(
+    self,
+    model: llama.Decoder,
+    mesh: Mesh,
+    variables: dict[str, Any],
+    cfg: ml_collections.ConfigDict,
+    temperature: float = 1.0,
+    reference_params: Any = None,
+  ):
+    """`temperature` is the sampler's: old log-probs were taken at it (0, greedy, counts as 1).
+
+    `reference_params` (train='full' only): the reference policy's weights for the KL penalty;
+    by default a copy of variables['params'] as given now. Pass the initial weights when a
+    resumed run builds its learner from trained ones.
+    """
+    validate_config(cfg)
+    if temperature < 0:
+      raise ValueError(f"temperature={temperature!r}: expected >= 0 (0 means greedy)")
+    self.model = model
+    self.mesh = mesh
+    self.cfg = cfg
+    self.temperature = float(temperature) if temperature > 0 else 1.0
+    self.key = {"lora": "lora", "full": "params"}[cfg.train]  # the collection that is trained
+    args = model.args
+    if cfg.train == "lora" and not args.lora_rank:
+      raise ValueError(
+        f"model.lora.rank={args.lora_rank!r}: rl.learner.train='lora' needs adapters; set "
+        "model.lora.rank and model.lora.alpha (the paper: 64, 64) or rl.learner.train='full'"
+      )
+    if self.key not in variables:
+      raise ValueError(f"variables have no {self.key!r} collection to train: {sorted(variables)}")
+    self.batch_shards = mesh_lib.mesh_axis_size(mesh, "act_batch")
+    if cfg.micro_batch_size % self.batch_shards:
+      raise ValueError(
+        f"rl.learner.micro_batch_size={cfg.micro_batch_size} is not a multiple of "
+        f"{self.batch_shards}, the number of ways the mesh splits batch rows (mesh shape "
+        f"{dict(mesh.shape)}); every micro-batch is split over those devices"
+      )
+    self.tx = make_optimizer(cfg)
+    self.use_kl = cfg.loss.kl_coef > 0
+    self.use_entropy = cfg.loss.entropy_coef > 0
+
+    # The canonical layout (the one build.build loads into): outputs are pinned to it, so the
+    # compiled program and the layout of what it returns never drift between steps.
+    self.var_shardings = {
+      k: v
+      for k, v in mesh_lib.tree_shardings(mesh, llama.init_abstract(args, mesh)).items()
+      if k in variables
+    }
+    self.trainable_shardings = self.var_shardings[self.key]
+    self.replicated = NamedSharding(mesh, PartitionSpec())
+    abstract_opt = jax.eval_shape(self.tx.init, variables[self.key])
+    self.opt_shardings = optax.tree_map_params(
+      self.tx,
+      lambda _, s: s,
+      abstract_opt,
+      self.trainable_shardings,
+      transform_non_params=lambda _: self.replicated,
+      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
+    )
+    self.batch_sharding = mesh_lib.sharding(mesh, ("act_batch", None))
+    self.micro_sharding = mesh_lib.sharding(mesh, (None, "act_batch", None))
+
+    # The frozen reference. LoRA: the same base weights with adapters off, read from the
+    # variables of each step (no copy). Full: the weights as they are now, copied because the
+    # update donates (and overwrites) the arrays it is given.
+    self.ref_params = None
+    if self.use_kl and cfg.train == "full":
+      src = variables["params"] if reference_params is None else reference_params
+      self.ref_params = jax.jit(
+        lambda t: jax.tree.map(jnp.copy, t), out_shardings=self.var_shardings["params"]
+      )(src)
+
+    self._update = jax.jit(
+      self._update_step,
+      donate_argnums=(0, 1),
+      out_shardings=(self.var_shardings, self.opt_shardings, self.replicated),
+    )
+    self._gradients = jax.jit(
+      self._grads_and_metrics, out_shardings=(self.trainable_shardings, self.replicated)
+    )
+    self._logprobs = jax.jit(self._policy_logprobs, out_shardings=self.batch_sharding)
+    self._init_opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)
+
+  # --- public API ---------------------------------------------------------------------------------
+
+  @property
+  def rows_multiple(self) -> int:
+    """Pass to batch.pack: rows then split into whole micro-batches over the batch axes."""
+    return math.lcm(self.cfg.micro_batch_size, self.batch_shards)
+
+  def trainable(self, variables: dict[str, Any]) -> Any:
+    return variables[self.key]
+
+  def with_trainable(self, variables: dict[str, Any], trainable: Any) -> dict[str, Any]:
+    return {**variables, self.key: trainable}
+
+  def init_opt_state(self, variables: dict[str, Any]) -> Any:
+    return self._init_opt(self.trainable(variables))
+
+  def update(
+    self, variables: dict[str, Any], opt_state: Any, batch: TrainBatch
+  ) -> tuple[dict[str, Any], Any, dict[str, float]]:
+    """One optimiser step on the whole batch. `variables` and `opt_state` are donated."""
+    device_batch = self._device_batch(batch)
+    variables, opt_state, metrics = self._update(
+      variables, opt_state, device_batch, self.ref_params
+    )
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if metrics["skipped"]:
+      reason = "no response tokens" if not metrics["tokens"] else "non-finite loss or gradient"
+      logging.warning(
+        "policy update skipped (%s): loss=%s grad_norm=%s; weights and optimiser state unchanged",
+        reason,
+        metrics["loss"],
+        metrics["grad_norm"],
+      )
+    return variables, opt_state, metrics
+
+  def gradients(self, variables: dict[str, Any], batch: TrainBatch) -> tuple[Any, dict[str, float]]:
+    """(the accumulated gradient of the whole-batch loss w.r.t. the trainables, metrics)."""
+    grads, metrics = self._gradients(variables, self._device_batch(batch), self.ref_params)
+    return grads, {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+  def logprobs(self, variables: dict[str, Any], batch: TrainBatch) -> np.ndarray:
+    """[B, T] float32: log p(targets) under the current policy at the sampler's temperature,
+    on the loss-mask positions (0 elsewhere), for the batch's own rows."""
+    b = batch.shape[0]
+    out = self._logprobs(variables, self._device_batch(batch))
+    return np.asarray(out)[:b]
+
+  # --- inside jit ---------------------------------------------------------------------------------
+
+  def _device_batch(self, batch: TrainBatch) -> TrainBatch:
+    b = batch.shape[0]
+    mb = self._micro_rows(b)
+    batch = pad_rows(batch, -(-b // mb) * mb)
+    return jax.device_put(batch, self.batch_sharding)
+
+  def _micro_rows(self, rows: int) -> int:
+    # A batch smaller than one micro-batch runs as one (rounded up to the batch shards).
+    small = -(-rows // self.batch_shards) * self.batch_shards
+    return min(self.cfg.micro_batch_size, small)
+
+  def _split_micro(self, batch: TrainBatch) -> TrainBatch:
+    """[B, T] -> [n_micro, micro, T]. Micro-batch i takes rows i, n + i, 2n + i, ...: with rows
+    split over the batch axes in contiguous blocks, this keeps every row on its device and gives
+    every micro-batch rows on every device (no device idles, no data moves)."""
+    b, t = batch.shape
+    mb = self._micro_rows(b)
+    n = b // mb
+    split = lambda x: jax.lax.with_sharding_constraint(
+      x.reshape(mb, n, t).swapaxes(0, 1), self.micro_sharding
+    )
+    return jax.tree.map(split, batch)
+
+  def _forward_logprobs(self, variables, m: TrainBatch, entropy: bool = False):
+    logits_btv, _ = self.model.apply(variables, m.tokens, m.positions, m.attention_mask)
+    logp_bt, scaled_btv = target_logprobs(logits_btv, m.targets, self.temperature)
+    return logp_bt, (losses.entropy_from_logits(scaled_btv) if entropy else None)
+
+  def _reference(self, variables, ref_params) -> dict[str, Any]:
+    if self.cfg.train == "lora":
+      # Proj applies adapters only when the 'lora' collection is present: this is the base model.
+      return {"params": variables["params"]}
+    return {**variables, "params": ref_params}
+
+  def _grads_and_metrics(self, variables, batch: TrainBatch, ref_params):
+    c = self.cfg.loss
+    trainable = variables[self.key]
+    frozen = jax.lax.stop_gradient({k: v for k, v in variables.items() if k != self.key})
+    reference = None
+    if self.use_kl:
+      reference = jax.lax.stop_gradient(self._reference(variables, ref_params))
+    micro = self._split_micro(batch)
+
+    # Weights that make the sum over micro-batches equal the whole-batch aggregate: token_mean
+    # divides by all response tokens, seq_mean_token_mean by all rows that have any.
+    mask_nbt = micro.loss_mask > 0
+    tokens_n = jnp.sum(mask_nbt, axis=(1, 2)).astype(jnp.float32)
+    rows_n = jnp.sum(jnp.any(mask_nbt, axis=2), axis=1).astype(jnp.float32)
+    token_w_n = tokens_n / jnp.maximum(jnp.sum(tokens_n), 1.0)
+    row_w_n = rows_n / jnp.maximum(jnp.sum(rows_n), 1.0)
+    agg_w_n = token_w_n if c.aggregation == "token_mean" else row_w_n
+
+    def body(grads_acc, xs):
+      m, w = xs
+      ref_logp = None
+      if reference is not None:  # no reference forward at all when the penalty is off
+        ref_logp, _ = self._forward_logprobs(reference, m)
+
+      def loss_fn(tr):
+        logp, entropy = self._forward_logprobs({**frozen, self.key: tr}, m, self.use_entropy)
+        loss, metrics = losses.total_loss(
+          logp, m.old_logprobs, ref_logp, m.advantages, m.loss_mask, c, entropy_bt=entropy
+        )
+        return loss * w, (loss, metrics)
+
+      (_, (loss, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+      # Accumulate in float32 whatever the parameters' dtype.
+      grads_acc = jax.tree.map(lambda a, x: a + x.astype(jnp.float32), grads_acc, g)
+      return grads_acc, dict(metrics, loss=loss)
+
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable)
+    zeros = jax.lax.with_sharding_constraint(zeros, self.trainable_shardings)
+    grads, per_micro = jax.lax.scan(body, zeros, (micro, agg_w_n))
+
+    # Whole-batch metrics: each is a weighted sum with the weights of its own aggregation (the
+    # ratio diagnostics are token means whatever the loss aggregation). A micro-batch with no
+    # weight must not turn the sum into NaN.
+    token_metrics = ("clip_frac", "ratio_mean", "approx_kl")
+    metrics = {}
+    for name, values_n in per_micro.items():
+      w_n = token_w_n if name in token_metrics else agg_w_n
+      metrics[name] = jnp.sum(jnp.where(w_n > 0, w_n * values_n, 0.0))
+    metrics["tokens"] = jnp.sum(tokens_n)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return grads, metrics
+
+  def _update_step(self, variables, opt_state, batch: TrainBatch, ref_params):
+    grads, metrics = self._grads_and_metrics(variables, batch, ref_params)
+    trainable = variables[self.key]
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
+    ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    ok = ok & (metrics["tokens"] > 0)
+
+    def apply(operands):
+      tr, state = operands
+      updates, state = self.tx.update(grads, state, tr)
+      return optax.apply_updates(tr, updates), state
+
+    # A non-finite step leaves weights and moments as they were, decided on the device: the
+    # host learns of it from the metrics, after the fact, without a round trip in between.
+    trainable, opt_state = jax.lax.cond(ok, apply, lambda o: o, (trainable, opt_state))
+    metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
+    return {**variables, self.key: trainable}, opt_state, metrics
+
+  def _policy_logprobs(self, variables, batch: TrainBatch):
+    micro = self._split_micro(batch)
+    logp_nbt = jax.lax.map(lambda m: self._forward_logprobs(variables, m)[0], micro)
+    logp_nbt = jnp.where(micro.loss_mask > 0, logp_nbt, 0.0)
+    n, mb, t = logp_nbt.shape
+    return logp_nbt.swapaxes(0, 1).reshape(n * mb, t)  # back to the batch's row order

@@ -1,0 +1,113 @@
+import dataclasses
+
+import pytest
+
+from jerp_jax.agent import prompt, rollout
+from jerp_jax.envs import actions
+from jerp_jax.envs import pool as pool_lib
+from jerp_jax.envs import base
+from jerp_jax.rules.prompt import RuleBlock
+from tests.envs import fake_env
+
+
+class CharTokenizer:
+  def encode_chat(self, messages):
+    return [ord(ch) for m in messages for ch in m["content"]]
+
+
+@dataclasses.dataclass
+class Completion:
+  token_ids: list
+  logprobs: list
+  text: str
+
+
+class ScriptedModel:
+  """Answers `win` on every turn for task t0 and rambles (no action tag) for t1."""
+
+  def __init__(self):
+    self.calls = []  # (seed, batch size)
+
+  def __call__(self, prompts, seed):
+    self.calls.append((seed, len(prompts)))
+    out = []
+    for ids in prompts:
+      text = "".join(map(chr, ids))
+      answer = "<action>win</action>" if "solve t0" in text else "I am not sure"
+      out.append(Completion([len(answer), seed], [-0.5, -0.25], answer))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pool():
+  env = fake_env.get_config()
+  env.max_steps = 4
+  config = pool_lib.get_config()
+  config.num_workers = 1
+  with pool_lib.EnvPool(env, config) as p:
+    yield p
+
+
+def play(pool, model, rules=None, every_step=False):
+  tasks = [base.Task("fake", "train", k, "fake", {}) for k in ("t0", "t1")]
+  c = prompt.get_config()
+  c.retrieve_every_step = every_step
+  return rollout.rollout(
+    pool, model, CharTokenizer(), tasks, 2, c, actions.get_config(), 4000, rules=rules, seed=7
+  )
+
+
+def test_rollout_records_every_turn(pool):
+  model = ScriptedModel()
+  block = RuleBlock("Rules learned from earlier attempts:\n[R5] Say win.", (5,))
+  asked = []
+
+  def rules(types, texts):
+    asked.append(list(texts))
+    return [block if t == "solve t0" else RuleBlock("", ()) for t in texts]
+
+  trajs = play(pool, model, rules)
+  # slots 0, 1 play t0; 2, 3 play t1. The env wins on `win` from its 3rd step; 4 steps at most.
+  assert [t.task.key for t in trajs] == ["t0", "t0", "t1", "t1"]
+  assert [t.group for t in trajs] == [0, 0, 1, 1]
+  assert asked == [["solve t0", "solve t1"]]  # once per task at reset
+  assert model.calls == [(7, 4), (8, 4), (9, 4), (10, 2)]  # all live slots, seed + turn
+  won, lost = trajs[0], trajs[2]
+  assert (won.won, won.score, won.failure, won.length, won.invalid) == (True, 1.0, None, 3, 0)
+  assert [(t.action, t.valid, t.reward, t.done) for t in won.turns] == [
+    ("win", True, 0.0, False),
+    ("win", True, 0.0, False),
+    ("win", True, 1.0, True),
+  ]
+  assert [t.observation for t in won.turns] == ["t0 start", "t0 step 1: win", "t0 step 2: win"]
+  assert all(t.rule_ids == (5,) for t in won.turns)
+  assert "[R5] Say win." in "".join(map(chr, won.turns[0].prompt_ids))
+  assert won.turns[1].response_ids == [20, 8] and won.turns[1].logprobs == [-0.5, -0.25]
+  assert (lost.won, lost.failure, lost.length, lost.invalid) == (False, "step limit 4", 4, 4)
+  # An answer without an action tag is invalid and steps the env with `look`.
+  assert [t.action for t in lost.turns] == [""] * 4
+  assert lost.turns[-1].done and lost.turns[0].rule_ids == ()
+  record = won.record(epoch=3)
+  assert record.steps[0] == ("t0 start", "win") and record.won and record.rule_ids == (5,)
+  assert record.task_text == "solve t0" and record.epoch == 3
+
+
+def test_history_is_in_later_prompts(pool):
+  trajs = play(pool, ScriptedModel())
+  third = "".join(map(chr, trajs[0].turns[2].prompt_ids))
+  assert "Your last 2 steps (of 2 so far):" in third
+  assert "Observation: t0 step 1: win\nAction: win" in third
+  assert "Now (step 3), the observation: t0 step 2: win" in third
+
+
+def test_retrieval_every_step_queries_with_the_observation(pool):
+  asked = []
+
+  def rules(types, texts):
+    asked.append(list(texts))
+    return [RuleBlock("", ())] * len(texts)
+
+  play(pool, ScriptedModel(), rules, every_step=True)
+  assert asked[0] == ["solve t0", "solve t1"]
+  assert asked[1] == ["solve t0 t0 step 1: win"] * 2 + ["solve t1 t1 step 1: look"] * 2
+  assert len(asked) == 4
