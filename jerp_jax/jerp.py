@@ -419,8 +419,10 @@ class Run:
     samples, adv = training_samples(
       trajs, self.config.rl.advantages, self.config.jerp.max_update_turns, seed
     )
-    if not samples:
-      return {"update_seconds": 0.0, "turns": 0}
+    if not any(s.advantage for s in samples):
+      # Every group scored alike: no policy gradient, so no step (the KL term alone would only
+      # pull towards where the policy already is; weight decay would move it for nothing).
+      return {"update_seconds": 0.0, "turns": 0, "skipped": 1.0, "no_signal": 1.0}
     start = time.time()
     batch = batch_lib.pack(
       samples,
@@ -620,7 +622,9 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
   if "update" in record:
     u = record["update"]
     parts.append(f"update {u['update_seconds']:.1f}s")
-    if "loss" in u:
+    if u.get("no_signal"):
+      parts.append("(no signal: all advantages 0)")
+    elif "loss" in u:
       parts.append(f"loss {u['loss']:+.4f}")
   parts.append(f"[{record['seconds']:.0f}s]")
   return "  ".join(parts)

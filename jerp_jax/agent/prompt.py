@@ -43,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
     "First reason briefly about the situation inside <think> </think>. Then give exactly one "
     "admissible action inside <{tag}> </{tag}>."
   )
+  # Text the assistant's answer starts with, written into the prompt (so not trained): e.g.
+  # '<{tag}>' makes a small model answer with an action straight away. '' : none.
+  c.response_prefix = ""
   # Rules are retrieved once per episode at reset (the paper's choice); True: before every turn,
   # with the current observation added to the query (matters for similarity retrieval only).
   c.retrieve_every_step = False
@@ -60,6 +63,8 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "agent") -> None
       fail(field, "a positive integer")
   if "{tag}" not in c.answer_format:
     fail("answer_format", "a text naming the action tag as {tag}")
+  if not isinstance(c.response_prefix, str):
+    fail("response_prefix", "a string ('' for none)")
 
 
 def cut(text: str, n: int) -> str:
@@ -115,7 +120,7 @@ def prompt_ids(
 ) -> list[int]:
   """The chat-templated ids of a turn, within `max_tokens`, shrinking what is shown until it fits.
 
-  History goes first (oldest turns), then observations are halved, then the action list. The task
+  With `response_prefix`, the ids end with the start of the answer. History goes first (oldest turns), then observations are halved, then the action list. The task
   and the rules are never cut: they are what the episode is conditioned on.
   """
   window, obs_chars, n_adm = c.history_window, c.max_observation_chars, c.max_admissible
@@ -134,6 +139,8 @@ def prompt_ids(
     )
     messages = [{"role": "system", "content": c.system}] if c.system else []
     ids = tokenizer.encode_chat(messages + [{"role": "user", "content": text}])
+    if c.response_prefix:
+      ids = ids + tokenizer.encode(c.response_prefix.format(tag=tag))
     if len(ids) <= max_tokens:
       return ids
     if window > 0:

@@ -37,7 +37,7 @@ class Turn:
   prompt_ids: list[int]
   response_ids: list[int]
   logprobs: list[float]  # one per response token, as sampled
-  text: str
+  text: str  # the answer, response_prefix included
   action: str
   valid: bool
   rule_ids: tuple[int, ...]
@@ -138,9 +138,10 @@ def rollout(
     ]
     completions = generate(prompts, seed + turn)
     step_actions: list[str | None] = [None] * n
+    prefix = agent_cfg.response_prefix.format(tag=actions_cfg.tag)
     for i, ids, c in zip(live, prompts, completions):
       action, valid = actions_lib.parse_action(
-        c.text, actions_cfg.tag, actions_cfg.max_action_chars, actions_cfg.lowercase
+        prefix + c.text, actions_cfg.tag, actions_cfg.max_action_chars, actions_cfg.lowercase
       )
       trajs[i].turns.append(
         Turn(
@@ -148,7 +149,7 @@ def rollout(
           list(ids),
           list(c.token_ids),
           list(c.logprobs),
-          c.text,
+          prefix + c.text,
           action,
           valid,
           blocks[i].rule_ids,

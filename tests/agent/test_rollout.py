@@ -14,6 +14,9 @@ class CharTokenizer:
   def encode_chat(self, messages):
     return [ord(ch) for m in messages for ch in m["content"]]
 
+  def encode(self, text):
+    return [ord(ch) for ch in text]
+
 
 @dataclasses.dataclass
 class Completion:
@@ -48,10 +51,11 @@ def pool():
     yield p
 
 
-def play(pool, model, rules=None, every_step=False):
+def play(pool, model, rules=None, every_step=False, prefix=""):
   tasks = [base.Task("fake", "train", k, "fake", {}) for k in ("t0", "t1")]
   c = prompt.get_config()
   c.retrieve_every_step = every_step
+  c.response_prefix = prefix
   return rollout.rollout(
     pool, model, CharTokenizer(), tasks, 2, c, actions.get_config(), 4000, rules=rules, seed=7
   )
@@ -111,3 +115,16 @@ def test_retrieval_every_step_queries_with_the_observation(pool):
   assert asked[0] == ["solve t0", "solve t1"]
   assert asked[1] == ["solve t0 t0 step 1: win"] * 2 + ["solve t1 t1 step 1: look"] * 2
   assert len(asked) == 4
+
+
+def test_response_prefix_starts_the_answer_in_the_prompt(pool):
+  class PrefixedModel(ScriptedModel):
+    def __call__(self, prompts, seed):
+      out = super().__call__(prompts, seed)
+      return [Completion(c.token_ids, c.logprobs, c.text.replace("<action>", "")) for c in out]
+
+  trajs = play(pool, PrefixedModel(), prefix="<{tag}>")
+  turn = trajs[0].turns[0]
+  assert "".join(map(chr, turn.prompt_ids)).endswith("</action>.<action>")
+  assert (turn.text, turn.action, turn.valid) == ("<action>win</action>", "win", True)
+  assert trajs[0].won and not trajs[2].won
