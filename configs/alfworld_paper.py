@@ -31,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.agent = prompt.get_config()  # the <think>…</think><action>…</action> format
   c.agent.history_window = 2
   c.rules.reviser.max_new_tokens = 256
+  c.rules.reviser.answer_prefix = ""  # a 1.5B model writes its edits in full
+  c.rules.reference.seed_from_expert = False  # references: the agent's own successes
   c.rules.reviser.max_prompt_chars = 12000
   c.rl.advantages.gamma = 0.95
   c.rl.learner.lr = 3e-6

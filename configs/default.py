@@ -50,7 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.agent.max_admissible = 20  # short prompts: the update costs time in proportion to them
   c.rules = rules.get_config()
   c.rules.reference.seed_from_expert = True  # the reviser needs a success to compare with
-  c.rules.reviser.max_new_tokens = 96
+  c.rules.retrieval.top_k = 3  # rules per prompt: short prompts on a CPU
+  c.rules.reviser.max_new_tokens = 64
+  # SmolLM2-135M never writes the edit format by itself: its answer starts as an ADD line for the
+  # group's task type, and the rule's text is the model's own.
+  c.rules.reviser.answer_prefix = "ADD {task_type}: "
   c.rules.reviser.max_prompt_chars = 2800  # ~800 tokens: within max_seq_len with the answer
   c.rl = ml_collections.ConfigDict()
   c.rl.advantages = advantages.get_config()

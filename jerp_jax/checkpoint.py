@@ -170,6 +170,17 @@ class Checkpointer:
     self._check_dtypes(step, target)
     return restored[ARRAYS], restored[HOST]
 
+  def read_host(self, step: int | None = None) -> dict:
+    """Only the JSON item of `step` (None: the latest): cheap, and needs no target arrays."""
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    restored = self._manager.restore(
+      step, args=ocp.args.Composite(**{HOST: ocp.args.JsonRestore()})
+    )
+    return restored[HOST]
+
   def _saved_layout(self, step: int) -> Any:
     """The saved tree (as orbax stores it: namedtuples become sequences) on one device.
 

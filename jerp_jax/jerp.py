@@ -333,12 +333,13 @@ class Run:
     step = self.checkpointer.latest_step() if step is None else step
     if step is None:
       return False
-    arrays, host = self.checkpointer.restore(step, checkpoint_lib.abstract_like(self.arrays()))
-    if host.get("mode") != self.config.jerp.mode:
+    mode = self.checkpointer.read_host(step).get("mode")
+    if mode != self.config.jerp.mode:
       raise ValueError(
-        f"{self.workdir} holds a run of jerp.mode={host.get('mode')!r}, not "
-        f"{self.config.jerp.mode!r}: use another --workdir"
+        f"{self.workdir} holds a run of jerp.mode={mode!r}, not {self.config.jerp.mode!r}: use "
+        "another --workdir"
       )
+    arrays, host = self.checkpointer.restore(step, checkpoint_lib.abstract_like(self.arrays()))
     if self.learner is not None:
       self.variables = self.learner.with_trainable(self.variables, arrays["trainable"])
       self.opt_state = arrays["opt_state"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job on this machine (CPU, or a local GPU when jax sees one), with the embedded default
+# The main job on this machine (CPU, or a local GPU when jax sees one): a JERP run of the embedded default
 # unless --config says otherwise. Sets up .venv on first use. Extra flags go to jerp_jax.main,
-# e.g.  bash launch/local.sh --config.sampling.max_new_tokens=32
+# e.g.  bash launch/local.sh --workdir=runs/grpo --config.jerp.mode=grpo
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/launch/setup.sh"

@@ -295,3 +295,11 @@ def test_sharded_restore_on_eight_devices(tmp_path):
   )
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
   assert "sharded ok" in out.stdout
+
+
+def test_read_host_alone(tmp_path):
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, {"x": jnp.ones((2,))}, {"mode": "jerp", "epoch": 1})
+    ckpt.save(2, {"x": jnp.zeros((2,))}, {"mode": "jerp", "epoch": 2})
+    assert ckpt.read_host() == {"mode": "jerp", "epoch": 2}
+    assert ckpt.read_host(1)["epoch"] == 1

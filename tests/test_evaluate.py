@@ -101,6 +101,7 @@ def test_alfworld_expert_wins_all_300_shared_games_through_the_pool(shared_dir):
     "--policy=expert",
     "--split=train",
     f"--config.env.data_dir={shared_dir / 'alfworld'}",
+    "--config.env.max_steps=50",  # ALFWorld's limit; the default's 8 is the CPU training budget
   )
   assert figures["episodes"] == 300 and figures["faults"] == 0
   assert figures["success"] == 1.0

@@ -262,3 +262,25 @@ def test_the_loop_on_a_2x2x2_mesh(tmp_path, cache_dir):
   assert "on 8 cpu device(s)" in r.stdout and "done: 2 epochs" in r.stdout
   records = jerp.read_metrics(workdir)
   assert all(np.isfinite(x["update"]["loss"]) for x in records if "update" in x)
+
+
+@pytest.mark.parametrize("mode", ["rules_only", "react"])
+def test_baselines_without_policy_updates(tmp_path, cache_dir, mode):
+  workdir = str(tmp_path / mode)
+  r = run_main(workdir, cache_dir, f"--config.jerp.mode={mode}", "--config.jerp.epochs=1")
+  assert f"JERP mode={mode}" in r.stdout and "frozen policy" in r.stdout
+  (record,) = [x for x in jerp.read_metrics(workdir) if "train" in x]
+  assert "update" not in record
+  assert ("rules" in record) == (mode == "rules_only")  # react: no rules at all
+  step, arrays, host = final_state(workdir)
+  assert step == 1 and set(arrays) == {"rng"} and host["mode"] == mode
+  # The same folder cannot silently continue as another method.
+  r = subprocess.run(
+    main_cmd(workdir, cache_dir, "--config.jerp.mode=jerp"),
+    cwd=ROOT,
+    env=run_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert r.returncode != 0 and f"holds a run of jerp.mode='{mode}', not 'jerp'" in r.stderr

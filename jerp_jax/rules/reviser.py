@@ -50,7 +50,9 @@ from jerp_jax.rules.pool import (
 )
 from jerp_jax.rules.reference import ReferenceStore
 
-GenerateFn = Callable[[Sequence[str]], list[str]]
+# prompts -> texts; with `rules.reviser.answer_prefix` set, also the start of each answer (which
+# is part of the prompt, and not repeated in the text returned).
+GenerateFn = Callable[..., list[str]]
 
 _ID = r"R(\d{1,9})"
 _LINE_FORMS = {
@@ -77,6 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Rollout views shrink until a prompt fits (~4 chars a token: 6000 leaves SmolLM2's 2048-token
   # context room for the answer). Rules and instructions are never cut.
   c.max_prompt_chars = 6000
+  # The start of every answer, written for the model: e.g. 'ADD {task_type}:' makes a small model
+  # that cannot produce the line format write at least one ADD edit for the group's task type.
+  # '' (the default and the paper): the model writes the whole answer.
+  c.answer_prefix = ""
   return c
 
 
@@ -98,6 +104,8 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "rules.reviser")
       fail(field, "a positive integer")
   if c.temperature < 0:
     fail("temperature", ">= 0 (0 means greedy)")
+  if not isinstance(c.answer_prefix, str):
+    fail("answer_prefix", "a string ('' for none)")
   if not 0 < c.top_p <= 1:
     fail("top_p", "a number in (0, 1]")
 
@@ -336,7 +344,14 @@ class Reviser:
     if not groups:
       return report
     prompts = [self.build_prompt(g, pool) for g in groups]
-    outputs = list(self.generate(prompts))
+    if self.config.answer_prefix:
+      prefixes = [self.config.answer_prefix.format(task_type=g.task_type) for g in groups]
+      # Whitespace the model puts right after the prefix (a small model starts a new line) is
+      # layout, not content: the edit's text is what follows it.
+      answers = self.generate(prompts, prefixes)
+      outputs = [p.rstrip() + " " + o.lstrip() for p, o in zip(prefixes, answers)]
+    else:
+      outputs = list(self.generate(prompts))
     if len(outputs) != len(prompts):
       raise ValueError(f"generate returned {len(outputs)} texts for {len(prompts)} prompts")
     report.revised = len(groups)
@@ -385,8 +400,10 @@ def make_generate_fn(
   tokenizer = sampler.tokenizer
   calls = [0]
 
-  def generate(prompts: Sequence[str]) -> list[str]:
+  def generate(prompts: Sequence[str], prefixes: Sequence[str] | None = None) -> list[str]:
     ids = [tokenizer.encode_chat([{"role": "user", "content": p}]) for p in prompts]
+    if prefixes is not None:
+      ids = [i + tokenizer.encode(x) for i, x in zip(ids, prefixes)]
     completions = sampler.generate(
       weights,
       ids,

@@ -347,3 +347,46 @@ def test_real_model_reviser_runs_and_reports(smollm2):
   assert report.proposed + report.malformed == nonblank
   assert (report.applied > 0) == (pool.to_json() != before)
   pool.check_invariants()
+
+
+def test_answer_prefix_starts_each_answer_with_the_group_task_type():
+  pool = scripted_pool()
+  seen = []
+
+  def generate(prompts, prefixes):
+    seen.append(list(prefixes))
+    return [" Check the cabinet first.\nnot an edit"]
+
+  config = reviser_lib.get_config()
+  config.answer_prefix = "ADD {task_type}:"
+  episodes = [
+    ep("k1", PICK, False, ["go to countertop 1"], "put a cup in cabinet."),
+    ep("k1", PICK, True, ["go to cabinet 1", "put cup 1 in cabinet 1"]),
+  ]
+  report = Reviser(config, generate).revise(pool, episodes, epoch=2)
+  assert seen == [[f"ADD {PICK}:"]]
+  assert report.outputs == [f"ADD {PICK}: Check the cabinet first.\nnot an edit"]
+  assert (report.applied, report.malformed) == (1, 1)
+  added = max(pool.rules.values(), key=lambda r: r.id)
+  assert (added.text, added.scope, added.created_epoch) == ("Check the cabinet first.", PICK, 2)
+
+
+def test_real_model_with_an_answer_prefix_adds_a_rule(smollm2):
+  lm, sampler = smollm2
+  pool = scripted_pool()
+  config = reviser_lib.get_config()
+  config.max_new_tokens = 32
+  config.temperature = 0.0
+  config.max_steps_shown = 3
+  config.answer_prefix = "ADD {task_type}: "
+  generate = reviser_lib.make_generate_fn(sampler, lm.variables, config)
+  episodes = [
+    ep("k1", PICK, False, ["go to countertop 1", "take cup 1"], "put a cup in cabinet."),
+    ep("k1", PICK, True, ["go to cabinet 1", "take cup 1", "put cup 1 in cabinet 1"]),
+  ]
+  n = len(pool)
+  report = Reviser(config, generate).revise(pool, episodes, epoch=1)
+  print("real model output with prefix:", repr(report.outputs[0]))
+  assert report.outputs[0].startswith(f"ADD {PICK}:")
+  assert report.applied_by_op.get("ADD") == 1 and len(pool) == n + 1
+  pool.check_invariants()
