@@ -122,6 +122,7 @@ def test_alfworld_expert_wins_generated_games_of_every_type(tmp_path):
     "--split=eval_out_of_distribution",
     f"--config.env.generated.cache_dir={tmp_path}",
     "--config.env.generated.num_eval_out_of_distribution=12",
+    "--config.env.max_steps=50",  # ALFWorld's limit; the default's 8 is the CPU training budget
   )
   assert figures["episodes"] == 12 and figures["faults"] == 0
   assert figures["success"] == 1.0
