@@ -61,7 +61,7 @@ def run(mode: str, args, overrides: list[str]) -> dict:
     "train_reward_last": train[-1]["reward"],
     "train_invalid_first": train[0]["invalid_rate"],
     "train_invalid_last": train[-1]["invalid_rate"],
-    "rules": sum(1 for _ in open(os.path.join(workdir, "rules.md")) if _.startswith("- ")),
+    "rules": len(json.load(open(os.path.join(workdir, "rules.json")))["rules"]),
   }
 
 
