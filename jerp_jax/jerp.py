@@ -385,6 +385,7 @@ class Run:
   def play(self, pool, tasks, group_size, temperature, seed, desc) -> list[rollout_lib.Trajectory]:
     limit = self.config.env.max_steps * len(tasks) * group_size
     counting = _CountingGenerate(self.generate_fn(temperature))
+    pool_wall = pool.stats.wall_seconds
     start = time.time()
     with tqdm(total=limit, desc=desc, unit="step", leave=False, dynamic_ncols=True) as bar:
       trajs = rollout_lib.rollout(
@@ -405,6 +406,7 @@ class Run:
       "gen_seconds": counting.seconds,
       "gen_tokens": counting.tokens,
       "env_steps": sum(t.length for t in trajs),
+      "pool_seconds": pool.stats.wall_seconds - pool_wall,  # resets and steps, as the loop waits
     }
     return trajs
 
@@ -536,7 +538,7 @@ class Run:
     record["rollout"] = {
       "seconds": play["seconds"],
       "tokens_per_s": play["gen_tokens"] / max(play["gen_seconds"], 1e-9),
-      "env_steps_per_s": play["env_steps"] / max(play["seconds"] - play["gen_seconds"], 1e-9),
+      "env_steps_per_s": play["env_steps"] / max(play["pool_seconds"], 1e-9),
       "env_steps": play["env_steps"],
     }
     if self.update_policy:
