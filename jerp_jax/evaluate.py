@@ -103,13 +103,8 @@ def run_model(config, split: str) -> dict:
   else:
     import tempfile  # pylint: disable=import-outside-toplevel
 
-    from jerp_jax.envs import registry as reg  # pylint: disable=import-outside-toplevel
-
     with tempfile.TemporaryDirectory() as tmp:
-      run = jerp.Run(config, tmp)
-      tasks = reg.load_tasks(config.env, split)[: _LIMIT.value or None]
-      with pool_lib.EnvPool(config.env, config.pool) as pool:
-        figures = run.evaluate(pool, tasks, jerp.epoch_seed(run.rng, 0, jerp.EVAL_ONLY))
+      figures, run = jerp.eval_only(config, tmp, split, _LIMIT.value or 0, trained=False)
     records, where = [], "untrained weights from the config"
   reports.print_figures(
     figures,
@@ -163,7 +158,7 @@ def main(argv: Sequence[str]) -> None:
     f"in {time.time() - start:.1f}s",
   )
   for e in episodes:
-    if e.failure and not e.failure.startswith("step limit"):
+    if base.is_fault(e.failure):
       print(f"  fault in {e.task_key}: {e.failure}", file=sys.stderr)
   if _REPORT.value:
     with open(_REPORT.value, "w") as f:

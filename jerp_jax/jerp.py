@@ -32,6 +32,7 @@ from jerp_jax import inference, reports
 from jerp_jax import rules as rules_lib
 from jerp_jax.agent import prompt as prompt_lib
 from jerp_jax.agent import rollout as rollout_lib
+from jerp_jax.envs import base
 from jerp_jax.envs import pool as pool_lib
 from jerp_jax.envs import registry
 from jerp_jax.rl import advantages as advantages_lib
@@ -164,12 +165,12 @@ def rollout_stats(trajs: Sequence[rollout_lib.Trajectory]) -> EpochStats:
     reward=sum(sum(x.reward for x in t.turns) for t in trajs) / n,
     invalid_rate=sum(t.invalid for t in trajs) / turns,
     mean_length=sum(t.length for t in trajs) / n,
-    faults=sum(1 for t in trajs if t.failure and not t.failure.startswith("step limit")),
+    faults=sum(1 for t in trajs if is_fault(t)),
   )
 
 
 def is_fault(t: rollout_lib.Trajectory) -> bool:
-  return bool(t.failure) and not t.failure.startswith("step limit")
+  return base.is_fault(t.failure)
 
 
 def training_samples(
@@ -410,12 +411,12 @@ class Run:
     }
     return trajs
 
-  def seed_references(self, pool, tasks, max_steps: int) -> int:
+  def seed_references(self, pool, tasks) -> int:
     """Plays the env's expert on the tasks and keeps its wins as reference trajectories."""
     need = [t for t in tasks if self.reference.get(t.key) is None]
     if not need:
       return 0
-    episodes = expert_episodes(pool, need, max_steps)
+    episodes = expert_episodes(pool, need)
     return self.reference.seed(episodes)
 
   def update(self, trajs, seed) -> dict[str, float]:
@@ -490,7 +491,7 @@ class Run:
         env = ml_collections.ConfigDict(self.config.env.to_dict())
         env.max_steps = max(env.max_steps, EXPERT_MAX_STEPS)
         with pool_lib.EnvPool(env, self.config.pool, expert=True) as expert_pool:
-          n = self.seed_references(expert_pool, train_tasks, env.max_steps)
+          n = self.seed_references(expert_pool, train_tasks)
         print(f"reference store seeded with {n} expert trajectories", flush=True)
       if c.eval_at_start and not resumed and self.epoch == 0:
         self._eval_and_log(pool, eval_tasks, eval_name, writer)
@@ -633,12 +634,14 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
   return "  ".join(parts)
 
 
-def expert_episodes(pool, tasks, max_steps: int) -> list[EpisodeRecord]:
-  """The env's expert played once on each task, as episode records (its wins seed references)."""
+def expert_episodes(pool, tasks) -> list[EpisodeRecord]:
+  """The env's expert played once on each task, as episode records (its wins seed references).
+
+  The pool's step limit ends what the expert does not finish."""
   results = pool.reset(tasks)
   steps: list[list[tuple[str, str]]] = [[] for _ in tasks]
   latest = list(results)
-  for _ in range(max_steps):
+  while True:
     live = [i for i, r in enumerate(latest) if not r.done and r.failure is None and r.expert_action]
     if not live:
       break
@@ -655,10 +658,15 @@ def expert_episodes(pool, tasks, max_steps: int) -> list[EpisodeRecord]:
   ]
 
 
-def eval_only(config, workdir: str, split: str, limit: int, step: int | None = None):
-  """The trained policy (and its rules) from a run's checkpoint, on a split: (figures, run)."""
+def eval_only(
+  config, workdir: str, split: str, limit: int, step: int | None = None, trained: bool = True
+):
+  """The trained policy (and its rules) from a run's checkpoint, on a split: (figures, run).
+
+  `trained=False` evaluates the config's own weights with no rules instead.
+  """
   run = Run(config, workdir)
-  if not run.restore(step):
+  if trained and not run.restore(step):
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
   tasks = registry.load_tasks(config.env, split)
   if limit:

@@ -9,6 +9,8 @@ import collections
 import dataclasses
 from typing import Sequence
 
+from jerp_jax.envs.base import is_fault
+
 
 @dataclasses.dataclass(frozen=True)
 class Episode:
@@ -33,7 +35,7 @@ def summarize(episodes: Sequence[Episode], task_types: Sequence[str]) -> dict:
     "success_by_type": {t: sum(by_type[t]) / len(by_type[t]) for t in order},
     "score": 100.0 * sum(e.score for e in episodes) / n if n else 0.0,
     "mean_length": sum(e.length for e in episodes) / n if n else 0.0,
-    "faults": sum(1 for e in episodes if e.failure and not e.failure.startswith("step limit")),
+    "faults": sum(1 for e in episodes if is_fault(e.failure)),
   }
 
 

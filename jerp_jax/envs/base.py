@@ -66,6 +66,14 @@ class TextEnv(Protocol):
   def close(self) -> None: ...
 
 
+STEP_LIMIT = "step limit"  # prefix of the failure TimeLimit writes
+
+
+def is_fault(failure: str | None) -> bool:
+  """Whether an episode's `failure` is a fault (crash, timeout, env error), not the step limit."""
+  return bool(failure) and not failure.startswith(STEP_LIMIT)
+
+
 class TimeLimit:
   """Ends an episode after `max_steps` steps as failed, the way ALFWorld's 50-step cap does."""
 
@@ -84,7 +92,7 @@ class TimeLimit:
     self._steps += 1
     result = self.env.step(action)
     if self._steps >= self.max_steps and not result.done:
-      result = dataclasses.replace(result, done=True, failure=f"step limit {self.max_steps}")
+      result = dataclasses.replace(result, done=True, failure=f"{STEP_LIMIT} {self.max_steps}")
     return result
 
   def expert_action(self) -> str | None:
