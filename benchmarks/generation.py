@@ -131,7 +131,7 @@ class Ours:
       max_seq_len=config.model.max_seq_len,
       min_prompt_bucket=config.sampling.min_prompt_bucket,
       decode_chunk=config.sampling.decode_chunk,
-      unroll_layers=sampler_lib.unroll_option(config.sampling),
+      cpu_layout=sampler_lib.cpu_layout_option(config.sampling),
     )
     self.static = (True, 0, 1.0)  # greedy, top_k off, top_p off: generate()'s static arguments
     self.temp = jnp.float32(1.0)

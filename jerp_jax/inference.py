@@ -30,7 +30,7 @@ def setup(config: ml_collections.ConfigDict) -> tuple[build.LoadedModel, sampler
     max_seq_len=config.model.max_seq_len,
     min_prompt_bucket=config.sampling.min_prompt_bucket,
     decode_chunk=config.sampling.decode_chunk,
-    unroll_layers=sampler_lib.unroll_option(config.sampling),
+    cpu_layout=sampler_lib.cpu_layout_option(config.sampling),
   )
   return lm, sampler
 

@@ -58,6 +58,9 @@ class ModelArgs:
   # compile; the layout of checkpoints and of training). False: layers unrolled with their own
   # arrays, which the sampler uses on CPU (see Sampler).
   scan_layers: bool = True
+  # True: q, k and v come from one projection `qkv_proj` ([embed, q + k + v columns]), the
+  # sampler's layout on CPU, where one wide matmul streams its weights faster than three.
+  fused_qkv: bool = False
 
   def __post_init__(self):
     def fail(field: str, value: Any, expected: str):

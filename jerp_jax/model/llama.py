@@ -7,7 +7,7 @@ model without that collection runs the frozen base weights, which is the referen
 KL penalty. Every parameter and activation carries logical axis names; the mapping to the device
 mesh is `jerp_jax.parallel.mesh.LOGICAL_AXIS_RULES`.
 
-The KV cache is a plain pytree `KVCache(k, v)` of shape [layers, batch, slots, kv_heads, head_dim]
+The KV cache is a plain pytree `KVCache(k, v)` of shape [layers, batch, kv_heads, slots, head_dim]
 carried through the layer scan, so each step writes only the new slots in place. With
 `scan_layers=False` the layers are unrolled instead, each with its own parameters (`layers_{i}`)
 and cache arrays; `unstack_layers` converts the stacked layout. This module knows nothing of
@@ -37,15 +37,20 @@ _LORA_A_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 class KVCache(NamedTuple):
-  """Keys and values. Stacked layers: [layers, batch, slots, kv_heads, head_dim] arrays.
-  Unrolled layers (scan_layers=False): tuples of per-layer [batch, slots, kv_heads, head_dim]."""
+  """Keys and values. Stacked layers: [layers, batch, kv_heads, slots, head_dim] arrays.
+  Unrolled layers (scan_layers=False): tuples of per-layer [batch, kv_heads, slots, head_dim].
+
+  Heads before slots: both attention matmuls then read the cache as it lies (a [slots, head_dim]
+  matrix per batch row and head). Slots before heads made XLA:CPU transpose the whole cache of
+  every layer on every decode step.
+  """
 
   k: Any
   v: Any
 
   @staticmethod
   def zeros(args: ModelArgs, batch: int, slots: int, dtype: Any = None) -> KVCache:
-    shape = (batch, slots, args.num_kv_heads, args.head_dim)
+    shape = (batch, args.num_kv_heads, slots, args.head_dim)
     dtype = dtype or args.dtype
     if args.scan_layers:
       z = jnp.zeros((args.num_layers,) + shape, dtype)
@@ -55,10 +60,10 @@ class KVCache(NamedTuple):
 
   @property
   def slots(self) -> int:
-    return self.k[0].shape[1] if isinstance(self.k, tuple) else self.k.shape[2]
+    return self.k[0].shape[2] if isinstance(self.k, tuple) else self.k.shape[3]
 
 
-CACHE_AXES = ("layers", "cache_batch", "cache_length", "kv_heads", "head_dim")
+CACHE_AXES = ("layers", "cache_batch", "kv_heads", "cache_length", "head_dim")
 
 
 def cache_axes(args: ModelArgs) -> Any:
@@ -107,6 +112,39 @@ def apply_rope(x_btnh: Array, cos: Array, sin: Array) -> Array:
 
 
 # --- layers -------------------------------------------------------------------------------------
+
+
+def heads_first(x_btkh: Array) -> Array:
+  return x_btkh.transpose(0, 2, 1, 3)
+
+
+def attend(q_btnh: Array, keys_bksh: Array, values_bksh: Array, mask_bts: Array, k: int) -> Array:
+  """Grouped-query attention: each of the k kv heads serves n // k query heads. -> [B, T, n, h]."""
+  b, t, n, h = q_btnh.shape
+  g, scale, neg = n // k, 1.0 / math.sqrt(h), jnp.finfo(jnp.float32).min
+  if t > 1:
+    q = q_btnh.reshape(b, t, k, g, h)
+    scores = jnp.einsum("btkgh,bksh->bkgts", q, keys_bksh, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask_bts[:, None, None], scores * scale, neg)
+    probs = jax.nn.softmax(scores, axis=-1).astype(values_bksh.dtype)
+    return jnp.einsum("bkgts,bksh->btkgh", probs, values_bksh).reshape(b, t, n, h)
+  # Decoding reads the whole cache for one token, so both matmuls are spelled out to read it as
+  # it lies: scores = keys · q, out = probs · values, a row-major [slots, head_dim] matrix per
+  # (batch, kv head). XLA:CPU hands such dots to its fast kernels as they are. Einsums let XLA
+  # pick the operand order, and it picked one that transposed every layer's cache every step;
+  # the barrier keeps it from folding the small transpose of the scores back into the dot.
+  batch = ((0, 1), (0, 1))
+  q_bkhg = q_btnh.reshape(b, k, g, h).transpose(0, 1, 3, 2)
+  scores = jax.lax.dot_general(
+    keys_bksh, q_bkhg, (((3,), (2,)), batch), preferred_element_type=jnp.float32
+  )  # [b, k, s, g]
+  scores = jax.lax.optimization_barrier(scores).transpose(0, 1, 3, 2)
+  scores = jnp.where(mask_bts[:, :, None], scores * scale, neg)  # softmax along contiguous slots
+  probs = jax.nn.softmax(scores, axis=-1).astype(values_bksh.dtype)
+  out = jax.lax.dot_general(
+    probs, values_bksh, (((3,), (2,)), batch), preferred_element_type=jnp.float32
+  )  # [b, k, g, h]
+  return out.astype(q_btnh.dtype).reshape(b, 1, n, h)
 
 
 class RMSNorm(nn.Module):
@@ -234,22 +272,26 @@ class DecoderLayer(nn.Module):
 
     # Attention.
     y = norm("input_norm")(x)
-    q = self._proj("q_proj", (d,), (n, h), ("embed",), ("heads", "head_dim"), a.qkv_bias)(y)
-    kk = self._proj("k_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), a.qkv_bias)(y)
-    v = self._proj("v_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), a.qkv_bias)(y)
+    if a.fused_qkv:
+      qkv = self._proj("qkv_proj", (d,), ((n + 2 * k) * h,), ("embed",), (None,), a.qkv_bias)(y)
+      q, kk, v = jnp.split(qkv.reshape(qkv.shape[:2] + (n + 2 * k, h)), (n, n + k), axis=2)
+    else:
+      q = self._proj("q_proj", (d,), (n, h), ("embed",), ("heads", "head_dim"), a.qkv_bias)(y)
+      kk = self._proj("k_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), a.qkv_bias)(y)
+      v = self._proj("v_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), a.qkv_bias)(y)
     q = constrain(apply_rope(q, cos, sin), mesh, ("act_batch", "act_length", "act_heads", None))
     kk = constrain(
       apply_rope(kk, cos, sin), mesh, ("act_batch", "act_length", "act_kv_heads", None)
     )
     if cache is not None:
-      # Write this step's keys/values at [layer, :, cache_index:cache_index+T] in place, then
+      # Write this step's keys/values at [layer, :, :, cache_index:cache_index+T] in place, then
       # attend over the layer's whole cache (unwritten slots are masked out).
       lead = () if layer is None else (layer,)
-      start = lead + (0, cache_index, 0, 0)
+      start = lead + (0, 0, cache_index, 0)
       expand = (lambda u: u) if layer is None else (lambda u: u[None])
       cache = KVCache(
-        jax.lax.dynamic_update_slice(cache.k, expand(kk).astype(cache.k.dtype), start),
-        jax.lax.dynamic_update_slice(cache.v, expand(v).astype(cache.v.dtype), start),
+        jax.lax.dynamic_update_slice(cache.k, expand(heads_first(kk)).astype(cache.k.dtype), start),
+        jax.lax.dynamic_update_slice(cache.v, expand(heads_first(v)).astype(cache.v.dtype), start),
       )
       if layer is None:
         keys, values = cache.k.astype(a.dtype), cache.v.astype(a.dtype)
@@ -257,14 +299,8 @@ class DecoderLayer(nn.Module):
         keys = jax.lax.dynamic_index_in_dim(cache.k, layer, 0, keepdims=False).astype(a.dtype)
         values = jax.lax.dynamic_index_in_dim(cache.v, layer, 0, keepdims=False).astype(a.dtype)
     else:
-      keys, values = kk, v
-    b, t = q.shape[:2]
-    q = q.reshape(b, t, k, n // k, h)  # grouped-query: G = n // k query heads per kv head
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, keys, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(h))
-    scores = jnp.where(mask_bts[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(a.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, n, h)
+      keys, values = heads_first(kk), heads_first(v)
+    out = attend(q, keys, values, mask_bts, k)
     out = constrain(out, mesh, ("act_batch", "act_length", "act_heads", None))
     x = x + self._proj("o_proj", (n, h), (d,), ("heads", "head_dim"), ("embed",))(out)
     x = constrain(x, mesh, ("act_batch", "act_length", "act_embed"))
@@ -423,6 +459,39 @@ def unstack_layers(variables: dict, num_layers: int) -> dict:
         tree[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
     out[collection] = tree
   return out
+
+
+def cpu_layout_args(args: ModelArgs) -> ModelArgs:
+  return args.replace(scan_layers=False, tie_embeddings=False, fused_qkv=True, lora_rank=0)
+
+
+def to_cpu_layout(variables: dict, args: ModelArgs) -> dict:
+  """Base weights ({'params'}) of `args`' model -> those of `cpu_layout_args(args)`' model.
+
+  Three changes, each measured on XLA:CPU decoding SmolLM2-135M at batch 8: layers unrolled
+  (XLA:CPU copies a scanned layer's weight slice before every matmul; 39 -> 30 ms a step), q/k/v
+  in one projection (one wide matmul streams its weights faster than three narrow ones), and the
+  output head stored [embed, vocab] (faster than reading the tied [vocab, embed] table
+  transposed). The model computes the same function; only the summation order may differ.
+  """
+  params = (
+    unstack_layers(variables, args.num_layers)["params"]
+    if args.scan_layers
+    else dict(variables["params"])
+  )
+  flat = traverse_util.flatten_dict(params, sep="/")
+  for key in [k for k in flat if k.endswith("/q_proj/kernel")]:
+    layer = key[: -len("/q_proj/kernel")]
+    for part in ("kernel", "bias"):
+      names = [f"{layer}/{p}_proj/{part}" for p in "qkv"]
+      if names[0] in flat:  # [..., heads, head_dim] -> [..., heads * head_dim], side by side
+        arrays = [flat.pop(n) for n in names]
+        flat[f"{layer}/qkv_proj/{part}"] = jnp.concatenate(
+          [x.reshape(x.shape[:-2] + (-1,)) for x in arrays], axis=-1
+        )
+  if args.tie_embeddings:
+    flat["lm_head"] = flat["embedding"].T
+  return {"params": traverse_util.unflatten_dict(flat, sep="/")}
 
 
 def init_abstract(args: ModelArgs, mesh: Mesh | None = None) -> Any:

@@ -39,7 +39,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
   ("act_kv_heads", "tensor"),
   ("act_mlp", "tensor"),
   ("act_vocab", "tensor"),
-  # KV cache [layers, batch, length, kv_heads, head_dim]
+  # KV cache [layers, batch, kv_heads, length, head_dim]
   ("cache_batch", ("data", "fsdp")),
   ("cache_length", None),
 )

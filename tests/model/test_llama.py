@@ -180,6 +180,31 @@ def test_unrolled_layers_equal_scanned_layers():
     np.testing.assert_allclose(np.asarray(logits), np.asarray(want[:, 3:]), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_cpu_layout_matches_transformers(name, reference):
+  lm = load(name)
+  cpu = llama.Decoder(llama.cpu_layout_args(lm.args))
+  variables = llama.to_cpu_layout(lm.variables, lm.args)
+  layer = variables["params"]["layers_1"]
+  assert "qkv_proj" in layer and "q_proj" not in layer and "lm_head" in variables["params"]
+  n, k, h = lm.args.num_heads, lm.args.num_kv_heads, lm.args.head_dim
+  assert layer["qkv_proj"]["kernel"].shape == (lm.args.hidden_size, (n + 2 * k) * h)
+  assert ("bias" in layer["qkv_proj"]) == lm.args.qkv_bias
+  ids = jnp.asarray(reference[f"{name}_input_ids"])
+  want = reference[f"{name}_logits"]
+  b, t = ids.shape
+  pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+  logits, _ = cpu.apply(variables, ids, pos)
+  np.testing.assert_allclose(np.asarray(logits), want, atol=1e-4, rtol=0)
+  # Through the KV cache: prefill all but the last 2 tokens, then feed them one at a time.
+  cache = llama.KVCache.zeros(cpu.args, b, t)
+  valid = jnp.ones((b, t), bool)
+  _, cache = cpu.apply(variables, ids[:, :-2], pos[:, :-2], valid, cache, 0)
+  for i in (t - 2, t - 1):
+    step, cache = cpu.apply(variables, ids[:, i : i + 1], pos[:, i : i + 1], valid, cache, i)
+    np.testing.assert_allclose(np.asarray(step[:, 0]), want[:, i], atol=1e-4, rtol=0)
+
+
 def test_merge_lora_exact_numbers():
   kernel = jnp.ones((1, 2, 3))  # one stacked layer, in 2, out 3
   a = jnp.asarray([[[1.0], [2.0]]])  # [L, in, r=1]

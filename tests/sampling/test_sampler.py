@@ -175,19 +175,20 @@ def test_bad_input_is_named(tiny):
   assert isinstance(cfg, ml_collections.ConfigDict)
 
 
-def test_unrolled_and_scanned_sampling_agree(tiny):
+def test_cpu_and_trained_layouts_sample_alike(tiny):
   lm, _ = tiny
   prompts = [[5, 6, 7, 8], [9, 10], [11]]
   outs = []
-  for unroll in (False, True):
-    s = tiny_sampler(lm, unroll_layers=unroll)
-    assert s.model.args.scan_layers == (not unroll)
+  for cpu in (False, True):
+    s = tiny_sampler(lm, cpu_layout=cpu)
+    assert s.model.args.scan_layers == (not cpu) and s.model.args.fused_qkv == cpu
     outs.append(s.generate(lm.variables, prompts, 8, temperature=1.0, seed=4))
-    if unroll:  # weights are converted once and reused while they do not change
+    if cpu:  # weights are converted once and reused while they do not change
       assert s.prepare(lm.variables) is s.prepare(dict(lm.variables))
   for a, b in zip(*outs):
     assert a.token_ids == b.token_ids
-    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    # Fused and split q/k/v matmuls sum in different orders: float32 rounding, nothing more.
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
 
 
 def test_lora_is_merged_for_sampling_and_logprobs_match_the_adapted_model():
@@ -199,8 +200,8 @@ def test_lora_is_merged_for_sampling_and_logprobs_match_the_adapted_model():
     params=jax.tree.map(lambda x: x * 20 if x.ndim > 1 else x, lm.variables["params"]),
     lora=jax.tree.map(lambda x: x + 0.3, lm.variables["lora"]),
   )
-  for unroll in (False, True):
-    s = tiny_sampler(lm, unroll_layers=unroll)
+  for cpu in (False, True):
+    s = tiny_sampler(lm, cpu_layout=cpu)
     assert list(s.prepare(lm.variables)) == ["params"]
     out = s.generate(lm.variables, [[5, 6, 7], [8]], 8, temperature=1.0, seed=9)
     for c in out:  # the full forward pass runs the unmerged adapters
