@@ -15,7 +15,9 @@ the next, so they run in the model's order. Nothing else runs: no norms, rotary 
 writes or sampling. So no decode step of this model on this machine, with XLA:CPU's matmul
 kernels, can be faster than the time printed here.
 
-For each weight dtype (the cache's too, unless --cache_dtype says otherwise) it prints ms per pass, the bytes read per pass and
+It first times a plain read (a sum) of as many float32 bytes as a float32 step reads: the rate
+the machine streams memory at, against which the matmul kernels' rate is judged. Then, for each
+weight dtype (the cache's too, unless --cache_dtype says otherwise), it prints ms per pass, the bytes read per pass and
 the rate at which XLA:CPU streamed them, then one JSON line. Compare `matmul_ms_float32` with the
 decode ms/step of benchmarks/generation.py, ours and torch's.
 
@@ -94,6 +96,16 @@ def one_pass(x: jax.Array, ws: list[jax.Array], caches: list[jax.Array]) -> jax.
   return jnp.dot(out.astype(ws[-1].dtype), ws[-1], preferred_element_type=jnp.float32)
 
 
+def best_ms(fn, *args) -> float:
+  jax.block_until_ready(fn(*args))  # compile
+  times = []
+  for _ in range(_REPEATS.value):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return 1e3 * min(times)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -103,15 +115,17 @@ def main(argv: Sequence[str]) -> None:
     f"SmolLM2-135M decode-step matmuls, batch {batch}, {slots} cache slots, {os.cpu_count()} "
     f"cores, jax {jax.__version__} on {jax.devices()[0].platform}, best of {_REPEATS.value}"
   )
+  ws, caches = arrays(jnp.float32, jnp.float32, batch, slots)
+  n = sum(a.size for a in ws + caches)
+  del ws, caches
+  flat = jnp.ones((n,), jnp.float32)
+  ms = best_ms(jax.jit(jnp.sum), flat)
+  print(f"  plain read   {ms:6.2f} ms for {4 * n / 1e6:6.1f} MB  {4 * n / 1e6 / ms:5.1f} GB/s")
+  figures.update(read_ms=round(ms, 3), read_gb_s=round(4 * n / 1e6 / ms, 2))
+  del flat
   for name in _DTYPES.value:
     ws, caches = arrays(jnp.dtype(name), jnp.dtype(_CACHE_DTYPE.value or name), batch, slots)
-    jax.block_until_ready(one_pass(x, ws, caches))  # compile
-    times = []
-    for _ in range(_REPEATS.value):
-      t = time.perf_counter()
-      jax.block_until_ready(one_pass(x, ws, caches))
-      times.append(time.perf_counter() - t)
-    ms = 1e3 * min(times)
+    ms = best_ms(one_pass, x, ws, caches)
     mb_w = sum(w.size * w.dtype.itemsize for w in ws) / 1e6
     mb_c = sum(c.size * c.dtype.itemsize for c in caches) / 1e6
     print(
