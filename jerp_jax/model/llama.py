@@ -474,11 +474,7 @@ def to_cpu_layout(variables: dict, args: ModelArgs) -> dict:
   output head stored [embed, vocab] (faster than reading the tied [vocab, embed] table
   transposed). The model computes the same function; only the summation order may differ.
   """
-  params = (
-    unstack_layers(variables, args.num_layers)["params"]
-    if args.scan_layers
-    else dict(variables["params"])
-  )
+  params = unstack_layers(variables, args.num_layers)["params"]  # no-op when already unrolled
   flat = traverse_util.flatten_dict(params, sep="/")
   for key in [k for k in flat if k.endswith("/q_proj/kernel")]:
     layer = key[: -len("/q_proj/kernel")]
