@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Mapping
 
 import jax
@@ -196,6 +197,8 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
+AUTO_DTYPE_ENV = "JERP_AUTO_DTYPE"  # what 'auto' resolves to, when set
+
 # Intel's AMX tiles: the CPUs on which bf16 was measured several times faster than float32.
 BF16_CPU_FLAGS = ("amx_bf16",)
 
@@ -230,6 +233,10 @@ def resolve_dtype(name: str) -> str:
   """A dtype name, with 'auto' resolved to the compute dtype this machine runs fastest."""
   if name != "auto":
     return name
+  # An override for runs that must not depend on the machine (the test suite sets float32, so
+  # its exact-number checks hold on every CPU, and its subprocesses inherit it).
+  if os.environ.get(AUTO_DTYPE_ENV):
+    return os.environ[AUTO_DTYPE_ENV]
   return "bfloat16" if bf16_matmuls_are_fast() else "float32"
 
 

@@ -125,6 +125,9 @@ def heads_first(x_btkh: Array) -> Array:
   return x_btkh.transpose(0, 2, 1, 3)
 
 
+ATTEND_BLOCK = 128  # query rows per block of multi-token attention (see attend)
+
+
 def attend(
   q_btnh: Array,
   keys_bksh: Array,
@@ -140,20 +143,34 @@ def attend(
   g, neg = n // k, jnp.finfo(jnp.float32).min
   scale = h**-0.5 if scale is None else scale
   if t > 1:
-    q = q_btnh.reshape(b, t, k, g, h)
-    scores = jnp.einsum("btkgh,bksh->bkgts", q, keys_bksh, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask_bts[:, None, None], scores * scale, neg)
-    probs = jax.nn.softmax(scores, axis=-1).astype(values_bksh.dtype)
-    # probs · values accumulated in float32, spelled as a batched dot: XLA:CPU (jax 0.10.2) runs
-    # bf16 x bf16 -> f32 only in that form, not as the einsum with transposed output.
-    out = jax.lax.dot_general(
-      probs.reshape(b, k, g * t, -1),
-      values_bksh,
-      (((3,), (2,)), ((0, 1), (0, 1))),
-      preferred_element_type=jnp.float32,
-    )  # [b, k, g * t, h]
-    out = out.reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)
-    return out.astype(values_bksh.dtype).reshape(b, t, n, h)
+    # Queries as [b, k, g * t, h] and both products as batched dots: XLA:CPU runs these on its
+    # fast kernels (bf16 x bf16 -> f32 included), where the einsum over [b, t, k, g, h] ran at a
+    # third of their speed. Queries go in blocks of ATTEND_BLOCK, so each block's float32 scores
+    # ([b, k, g, block, s]) stay in cache through masking and softmax instead of streaming the
+    # whole [.., t, s] array to memory and back several times (2x faster at t = 512 on 2 cores).
+    q = q_btnh.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4)  # [b, k, g, t, h]
+    batch = ((0, 1), (0, 1))
+
+    def block(q_bkgch, mask_bcs):
+      c = q_bkgch.shape[3]
+      scores = jax.lax.dot_general(
+        q_bkgch.reshape(b, k, g * c, h), keys_bksh, (((3,), (3,)), batch),
+        preferred_element_type=jnp.float32,
+      ).reshape(b, k, g, c, -1)  # fmt: skip
+      scores = jnp.where(mask_bcs[:, None, None], scores * scale, neg)
+      probs = jax.nn.softmax(scores, axis=-1).astype(values_bksh.dtype)
+      out = jax.lax.dot_general(
+        probs.reshape(b, k, g * c, -1), values_bksh, (((3,), (2,)), batch),
+        preferred_element_type=jnp.float32,
+      )  # fmt: skip
+      return out.reshape(b, k, g, c, h)
+
+    starts = range(0, t, ATTEND_BLOCK)
+    out = jnp.concatenate(
+      [block(q[:, :, :, i : i + ATTEND_BLOCK], mask_bts[:, i : i + ATTEND_BLOCK]) for i in starts],
+      axis=3,
+    )
+    return out.transpose(0, 3, 1, 2, 4).astype(values_bksh.dtype).reshape(b, t, n, h)
   # Decoding reads the whole cache for one token, so both matmuls are spelled out to read it as
   # it lies: scores = keys · q, out = probs · values, a row-major [slots, head_dim] matrix per
   # (batch, kv head). XLA:CPU hands such dots to its fast kernels as they are. Einsums let XLA

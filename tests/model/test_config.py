@@ -93,10 +93,12 @@ def test_lora_targets_from_a_comma_list():
 
 
 def test_auto_dtypes_follow_the_backend(monkeypatch):
+  monkeypatch.delenv(model_config.AUTO_DTYPE_ENV)  # the suite's own float32 override
+  monkeypatch.setattr(model_config, "cpu_flags", lambda: frozenset())  # a CPU without AMX
   cfg = model_config.get_config()
   assert (cfg.dtype, cfg.param_dtype) == ("auto", "auto")
   opts = model_config.runtime_options(cfg)
-  assert (opts["dtype"], opts["param_dtype"]) == ("float32", "float32")  # tests run on CPU
+  assert (opts["dtype"], opts["param_dtype"]) == ("float32", "float32")  # that CPU
   monkeypatch.setattr(model_config.jax, "default_backend", lambda: "tpu")
   opts = model_config.runtime_options(cfg)
   assert (opts["dtype"], opts["param_dtype"]) == ("bfloat16", "float32")  # trained: a master copy
@@ -117,8 +119,12 @@ def test_bf16_is_chosen_on_cpus_with_bf16_units(tmp_path, monkeypatch):
   assert not model_config.bf16_matmuls_are_fast("cpu", model_config.cpu_flags(str(tmp_path / "no")))
   assert model_config.bf16_matmuls_are_fast("gpu", frozenset())
   read = model_config.cpu_flags
+  monkeypatch.delenv(model_config.AUTO_DTYPE_ENV)  # the suite's own float32 override
   monkeypatch.setattr(model_config, "cpu_flags", lambda: read(str(xeon)))
   assert model_config.resolve_dtype("auto") == "bfloat16"
   monkeypatch.setattr(model_config, "cpu_flags", lambda: read(str(epyc)))
   assert model_config.resolve_dtype("auto") == "float32"
   assert model_config.resolve_dtype("float16") == "float16"
+  monkeypatch.setenv(model_config.AUTO_DTYPE_ENV, "float32")
+  monkeypatch.setattr(model_config, "cpu_flags", lambda: read(str(xeon)))
+  assert model_config.resolve_dtype("auto") == "float32"
