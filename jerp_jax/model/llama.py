@@ -135,10 +135,13 @@ def attend(
   mask_bts: Array,
   k: int,
   scale: float | None = None,
+  causal: bool = False,
 ) -> Array:
   """Grouped-query attention: each of the k kv heads serves n // k query heads. -> [B, T, n, h].
 
-  Scores are scaled by `scale` (1 / sqrt(head_dim) when None)."""
+  Scores are scaled by `scale` (1 / sqrt(head_dim) when None). `causal`: the mask lets query i
+  see no key past slot i (attention within one sequence, no cache), so a block of queries reads
+  only the keys up to its last row."""
   b, t, n, h = q_btnh.shape
   g, neg = n // k, jnp.finfo(jnp.float32).min
   scale = h**-0.5 if scale is None else scale
@@ -151,7 +154,7 @@ def attend(
     q = q_btnh.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4)  # [b, k, g, t, h]
     batch = ((0, 1), (0, 1))
 
-    def block(q_bkgch, mask_bcs):
+    def block(q_bkgch, mask_bcs, keys_bksh, values_bksh):
       c = q_bkgch.shape[3]
       scores = jax.lax.dot_general(
         q_bkgch.reshape(b, k, g * c, h), keys_bksh, (((3,), (3,)), batch),
@@ -165,11 +168,14 @@ def attend(
       )  # fmt: skip
       return out.reshape(b, k, g, c, h)
 
-    starts = range(0, t, ATTEND_BLOCK)
-    out = jnp.concatenate(
-      [block(q[:, :, :, i : i + ATTEND_BLOCK], mask_bts[:, i : i + ATTEND_BLOCK]) for i in starts],
-      axis=3,
-    )
+    blocks = []
+    for i in range(0, t, ATTEND_BLOCK):
+      end = i + ATTEND_BLOCK
+      s = min(end, keys_bksh.shape[2]) if causal else keys_bksh.shape[2]
+      blocks.append(
+        block(q[:, :, :, i:end], mask_bts[:, i:end, :s], keys_bksh[:, :, :s], values_bksh[:, :, :s])
+      )
+    out = jnp.concatenate(blocks, axis=3)
     return out.transpose(0, 3, 1, 2, 4).astype(values_bksh.dtype).reshape(b, t, n, h)
   # Decoding reads the whole cache for one token, so both matmuls are spelled out to read it as
   # it lies: scores = keys · q, out = probs · values, a row-major [slots, head_dim] matrix per
@@ -372,7 +378,7 @@ class DecoderLayer(nn.Module):
         values = jax.lax.dynamic_index_in_dim(cache.v, layer, 0, keepdims=False).astype(a.dtype)
     else:
       keys, values = heads_first(kk), heads_first(v)
-    out = attend(q, keys, values, mask_bts, k, a.attention_scale)
+    out = attend(q, keys, values, mask_bts, k, a.attention_scale, causal=cache is None)
     out = constrain(out, mesh, ("act_batch", "act_length", "act_heads", None))
     out = self._proj("o_proj", (n, h), (d,), ("heads", "head_dim"), ("embed",))(out)
     if a.sandwich_norms:
@@ -414,8 +420,9 @@ class Decoder(nn.Module):
   given sequence. With a cache, the T new tokens go to slots [cache_index, cache_index + T) and
   `mask_bt` is [B, slots]: which cache slots hold real tokens (including the new ones).
   `positions_bt` are the rotary positions (left padding makes them differ from slot indices).
-  Returns (logits [B, T, V] float32, or [B, 1, V] with last_only, or the final normed hidden
-  states with return_hidden; the updated cache or None).
+  Returns (logits [B, T, V] float32, or [B, 1, V] with last_only, or [B, W, V] at the positions
+  `logits_at` [B, W] gives, or the final normed hidden states with return_hidden; the updated
+  cache or None).
   """
 
   args: ModelArgs
@@ -431,6 +438,7 @@ class Decoder(nn.Module):
     cache_index: Array | None = None,
     return_hidden: bool = False,
     last_only: bool = False,
+    logits_at: Array | None = None,
   ):
     a, mesh = self.args, self.mesh
     b, t = tokens_bt.shape
@@ -504,6 +512,8 @@ class Decoder(nn.Module):
 
     if last_only:  # prefill needs only the next-token logits: skip [B, T, vocab]
       x = x[:, -1:]
+    elif logits_at is not None:  # the learner scores only the response's positions
+      x = jnp.take_along_axis(x, logits_at[..., None], axis=1)
     x = make_norm(a, "final_norm")(x)
     if return_hidden:
       return x, cache

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jerp_jax import checks
 from jerp_jax.model import llama
+from jerp_jax.parallel import buckets
 from jerp_jax.parallel import mesh as mesh_lib
 from jerp_jax.rl import losses
 from jerp_jax.rl.batch import TrainBatch, pad_rows
@@ -186,6 +187,40 @@ def target_logprobs(
   return picked_bt - jax.nn.logsumexp(logits_btv, axis=-1), logits_btv
 
 
+def window_size(loss_mask_bt: np.ndarray) -> int:
+  """Positions the learner scores per row: the longest run from a row's first loss position to its
+  last, rounded up to a power of two (at least 8, at most T). The output head and the softmax over
+  the vocabulary then run on those positions only, not on the whole prompt: a 24-token answer
+  to a 480-token prompt scores 32 positions, not 512."""
+  mask = np.asarray(loss_mask_bt) > 0
+  t = mask.shape[1]
+  if not mask.any():
+    return min(8, t)
+  rows = mask.any(axis=1)
+  first = np.argmax(mask, axis=1)
+  last = t - 1 - np.argmax(mask[:, ::-1], axis=1)
+  span = int(np.max(np.where(rows, last - first + 1, 0)))
+  return buckets.bucket(span, buckets.POW2, 8, t)
+
+
+def response_window(m: TrainBatch, window: int) -> tuple[jax.Array, TrainBatch]:
+  """(positions [B, W]: each row's first loss position on, the batch with its per-position
+  targets, masks, old log-probs and advantages taken at them). Positions past the row's end are
+  clipped to its last one and masked out, so nothing is scored twice."""
+  t = m.loss_mask.shape[1]
+  first_b = jnp.argmax(m.loss_mask > 0, axis=1)
+  at_bw = first_b[:, None] + jnp.arange(window)[None, :]
+  inside_bw = at_bw < t
+  at_bw = jnp.minimum(at_bw, t - 1)
+  take = lambda x: jnp.take_along_axis(x, at_bw, axis=1)
+  return at_bw, m.replace(
+    targets=take(m.targets),
+    loss_mask=jnp.where(inside_bw, take(m.loss_mask), 0.0),
+    old_logprobs=take(m.old_logprobs),
+    advantages=take(m.advantages),
+  )
+
+
 class Learner:
   """Holds the compiled update for one model, mesh and config; weights are always arguments."""
 
@@ -264,15 +299,21 @@ class Learner:
     # Donated: the trainables and the optimiser state, which every step writes anew. Not donated:
     # the frozen collections and the anchor, which a step only reads; a caller may hold them
     # (or cache on them) across updates.
+    # The response window's size is static: one program per window bucket (see window_size).
     self._step = jax.jit(
       self._update_step,
       donate_argnums=(0, 1),
+      static_argnums=(5,),
       out_shardings=(self.trainable_shardings, self.opt_shardings, self.replicated),
     )
     self._gradients = jax.jit(
-      self._grads_and_metrics, out_shardings=(self.trainable_shardings, self.replicated)
+      self._grads_and_metrics,
+      static_argnums=(3,),
+      out_shardings=(self.trainable_shardings, self.replicated),
     )
-    self._logprobs = jax.jit(self._policy_logprobs, out_shardings=self.batch_sharding)
+    self._logprobs = jax.jit(
+      self._policy_logprobs, static_argnums=(2,), out_shardings=self.batch_sharding
+    )
     self._init_opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)
 
   # --- public API ---------------------------------------------------------------------------------
@@ -330,9 +371,9 @@ class Learner:
     per_step = []
     # Steps are dispatched one after the other without waiting: the host blocks only at the end,
     # when it reads the metrics.
-    for device_batch in self._step_batches(batch, seed):
+    for device_batch, window in self._step_batches(batch, seed):
       trainable, opt_state, metrics = self._step(
-        trainable, opt_state, frozen, device_batch, self.anchor_params
+        trainable, opt_state, frozen, device_batch, self.anchor_params, window
       )
       per_step.append(metrics)
     per_step = [{k: float(v) for k, v in m.items()} for m in jax.device_get(per_step)]
@@ -340,14 +381,16 @@ class Learner:
 
   def gradients(self, variables: dict[str, Any], batch: TrainBatch) -> tuple[Any, dict[str, float]]:
     """(the accumulated gradient of the whole-batch loss w.r.t. the trainables, metrics)."""
-    grads, metrics = self._gradients(variables, self._device_batch(batch), self.anchor_params)
+    grads, metrics = self._gradients(
+      variables, self._device_batch(batch), self.anchor_params, window_size(batch.loss_mask)
+    )
     return grads, {k: float(v) for k, v in jax.device_get(metrics).items()}
 
   def logprobs(self, variables: dict[str, Any], batch: TrainBatch) -> np.ndarray:
     """[B, T] float32: log p(targets) under the current policy at the sampler's temperature,
     on the loss-mask positions (0 elsewhere), for the batch's own rows."""
     b = batch.shape[0]
-    out = self._logprobs(variables, self._device_batch(batch))
+    out = self._logprobs(variables, self._device_batch(batch), window_size(batch.loss_mask))
     return np.asarray(out)[:b]
 
   # --- inside jit ---------------------------------------------------------------------------------
@@ -356,14 +399,16 @@ class Learner:
     """The device batch of each optimiser step, all passes in order."""
     c = self.cfg
     steps = plan_steps(np.any(batch.loss_mask > 0, axis=1), c.mini_batch_size, c.ppo_epochs, seed)
+    # One window for every step of the update: one compiled step (the steps' shapes are equal).
+    window = window_size(batch.loss_mask)
     if steps is None:
       whole = self._device_batch(batch)  # put on the devices once for all passes
       for _ in range(c.ppo_epochs):
-        yield whole
+        yield whole, window
       return
     for rows in steps:
       # Every mini-batch has the same shape (the last one filled up): one compiled step.
-      yield self._device_batch(pad_rows(take_rows(batch, rows), c.mini_batch_size))
+      yield self._device_batch(pad_rows(take_rows(batch, rows), c.mini_batch_size)), window
 
   def _device_batch(self, batch: TrainBatch) -> TrainBatch:
     b = batch.shape[0]
@@ -388,10 +433,15 @@ class Learner:
     )
     return jax.tree.map(split, batch)
 
-  def _forward_logprobs(self, variables, m: TrainBatch, entropy: bool = False):
-    logits_btv, _ = self.model.apply(variables, m.tokens, m.positions, m.attention_mask)
-    logp_bt, scaled_btv = target_logprobs(logits_btv, m.targets, self.temperature)
-    return logp_bt, (losses.entropy_from_logits(scaled_btv) if entropy else None)
+  def _forward_logprobs(self, variables, m: TrainBatch, window: int, entropy: bool = False):
+    """(log p(targets), entropy or None) at the `window` positions from each row's first loss
+    position on: [B, W], with `m`'s targets, masks, old log-probs and advantages cut alike."""
+    at_bw, m = response_window(m, window)
+    logits_bwv, _ = self.model.apply(
+      variables, m.tokens, m.positions, m.attention_mask, logits_at=at_bw
+    )
+    logp_bw, scaled_bwv = target_logprobs(logits_bwv, m.targets, self.temperature)
+    return logp_bw, (losses.entropy_from_logits(scaled_bwv) if entropy else None), at_bw, m
 
   def _anchor(self, variables, anchor_params) -> dict[str, Any]:
     if self.cfg.train == "lora":
@@ -399,7 +449,7 @@ class Learner:
       return {"params": variables["params"]}
     return {**variables, "params": anchor_params}
 
-  def _grads_and_metrics(self, variables, batch: TrainBatch, anchor_params):
+  def _grads_and_metrics(self, variables, batch: TrainBatch, anchor_params, window: int):
     c = self.cfg.loss
     trainable = variables[self.key]
     frozen = jax.lax.stop_gradient({k: v for k, v in variables.items() if k != self.key})
@@ -421,13 +471,13 @@ class Learner:
       m, w = xs
       anchor_logp = None
       if anchor is not None:  # no anchor forward at all when the penalty is off
-        anchor_logp, _ = self._forward_logprobs(anchor, m)
+        anchor_logp, *_ = self._forward_logprobs(anchor, m, window)
 
       def loss_fn(tr):
         # Entropy is always reported; only with entropy_coef > 0 does it enter the loss.
-        logp, entropy = self._forward_logprobs({**frozen, self.key: tr}, m, entropy=True)
+        logp, entropy, _, mw = self._forward_logprobs({**frozen, self.key: tr}, m, window, True)
         loss, metrics = losses.total_loss(
-          logp, m.old_logprobs, anchor_logp, m.advantages, m.loss_mask, c, entropy_bt=entropy
+          logp, mw.old_logprobs, anchor_logp, mw.advantages, mw.loss_mask, c, entropy_bt=entropy
         )
         return loss * w, (loss, metrics)
 
@@ -455,9 +505,9 @@ class Learner:
     metrics["grad_norm"] = optax.tree.norm(grads)
     return grads, metrics
 
-  def _update_step(self, trainable, opt_state, frozen, batch: TrainBatch, anchor_params):
+  def _update_step(self, trainable, opt_state, frozen, batch: TrainBatch, anchor_params, window):
     variables = {**frozen, self.key: trainable}
-    grads, metrics = self._grads_and_metrics(variables, batch, anchor_params)
+    grads, metrics = self._grads_and_metrics(variables, batch, anchor_params, window)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
     ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
     ok = ok & (metrics["tokens"] > 0)
@@ -473,9 +523,15 @@ class Learner:
     metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
     return trainable, opt_state, metrics
 
-  def _policy_logprobs(self, variables, batch: TrainBatch):
+  def _policy_logprobs(self, variables, batch: TrainBatch, window: int):
     micro = self._split_micro(batch)
-    logp_nbt = jax.lax.map(lambda m: self._forward_logprobs(variables, m)[0], micro)
-    logp_nbt = jnp.where(micro.loss_mask > 0, logp_nbt, 0.0)
+
+    def one(m):
+      logp_bw, _, at_bw, mw = self._forward_logprobs(variables, m, window)
+      logp_bw = jnp.where(mw.loss_mask > 0, logp_bw, 0.0)
+      rows = jnp.arange(at_bw.shape[0])[:, None]
+      return jnp.zeros(m.loss_mask.shape, jnp.float32).at[rows, at_bw].add(logp_bw)
+
+    logp_nbt = jax.lax.map(one, micro)
     n, mb, t = logp_nbt.shape
     return logp_nbt.swapaxes(0, 1).reshape(n * mb, t)  # back to the batch's row order

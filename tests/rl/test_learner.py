@@ -238,6 +238,43 @@ def test_micro_batches_give_the_whole_batch_gradient(
     assert max_abs_diff(a, b) < 1e-6
 
 
+# --- the response window ------------------------------------------------------------------------
+
+
+def test_window_size_covers_every_rows_response_in_a_power_of_two():
+  mask = np.zeros((3, 64), np.float32)
+  mask[0, 10:13] = 1  # 3 positions
+  mask[1, 40:50] = 1  # 10 positions: the longest
+  assert learner_lib.window_size(mask) == 16
+  assert learner_lib.window_size(mask[:1]) == 8  # at least 8
+  assert learner_lib.window_size(np.zeros((2, 64), np.float32)) == 8  # no loss token at all
+  mask[2, 0:60] = 1
+  assert learner_lib.window_size(mask) == 64  # never past the row
+
+
+def test_response_window_takes_each_rows_positions_and_masks_past_the_end():
+  t = 8
+  mask = np.zeros((2, t), np.float32)
+  mask[0, 2:4] = 1
+  mask[1, 6:8] = 1  # ends at the row's last position: the window runs past it
+  ramp = np.arange(2 * t, dtype=np.float32).reshape(2, t)
+  batch = TrainBatch(
+    tokens=ramp.astype(np.int32),
+    positions=ramp.astype(np.int32),
+    attention_mask=np.ones((2, t), bool),
+    targets=ramp.astype(np.int32) + 100,
+    loss_mask=mask,
+    old_logprobs=-ramp,
+    advantages=ramp / 10,
+  )
+  at, cut = learner_lib.response_window(batch, 4)
+  np.testing.assert_array_equal(at, [[2, 3, 4, 5], [6, 7, 7, 7]])
+  np.testing.assert_array_equal(cut.loss_mask, [[1, 1, 0, 0], [1, 1, 0, 0]])
+  np.testing.assert_array_equal(cut.targets, [[102, 103, 104, 105], [114, 115, 115, 115]])
+  np.testing.assert_array_equal(cut.old_logprobs, [[-2, -3, -4, -5], [-14, -15, -15, -15]])
+  np.testing.assert_array_equal(cut.tokens, batch.tokens)  # the forward still reads every token
+
+
 # --- mini-batch steps and passes ------------------------------------------------------------------
 
 
@@ -428,7 +465,10 @@ def traced_forwards(learner, variables, batch) -> int:
   forward = learner._forward_logprobs
   learner._forward_logprobs = lambda *a, **k: calls.append(1) or forward(*a, **k)
   try:
-    jax.eval_shape(learner._grads_and_metrics, variables, batch, learner.anchor_params)
+    window = learner_lib.window_size(batch.loss_mask)
+    jax.eval_shape(
+      lambda v, b: learner._grads_and_metrics(v, b, learner.anchor_params, window), variables, batch
+    )
   finally:
     del learner._forward_logprobs  # back to the class's method
   return len(calls)
