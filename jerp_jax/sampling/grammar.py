@@ -474,6 +474,9 @@ def allowed(g: DeviceTables, r: RowState, left: jax.Array, eos_ids: Sequence[int
   lines = r.newlines[:, None] + g.token_newlines[None] < g.max_lines[:, None]
   ok = (nxt >= 0) & jnp.where(g.token_seps[None] > 0, new_segment, same_segment) & lines
   ok &= g.to_final[jnp.maximum(nxt, 0)] <= left
+  eos_ids = [e for e in eos_ids if 0 <= e < ok.shape[1]]  # benchmarks pass -1: rows never end
+  if not eos_ids:
+    return ok
   eos = g.final[r.state] | ~ok.any(axis=-1)
   return ok.at[:, jnp.asarray(eos_ids)].set(eos[:, None])
 
