@@ -52,9 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.rules.reference.seed_from_expert = True  # the reviser needs a success to compare with
   c.rules.retrieval.top_k = 3  # rules per prompt: short prompts on a CPU
   c.rules.reviser.max_new_tokens = 64
-  # SmolLM2-135M never writes the edit format by itself: its answer starts as an ADD line for the
-  # group's task type, and the rule's text is the model's own.
-  c.rules.reviser.answer_prefix = "ADD {task_type}: "
+  # SmolLM2-135M never writes the edit format by itself: the reviser decodes under each group's
+  # edit grammar (rules.reviser.constrained, the default), so every line is a well-formed edit;
+  # which edit, scope, id and words are still the model's own.
   c.rules.reviser.max_prompt_chars = 2800  # ~800 tokens: within max_seq_len with the answer
   c.rl = ml_collections.ConfigDict()
   c.rl.advantages = advantages.get_config()

@@ -19,10 +19,17 @@ Edit line format (strict; one edit per line; the first word is upper-case; space
 A well-formed line is still rejected when it names an id that was not in its prompt, a scope other
 than the two allowed, a text that the pool refuses (empty, over `max_rule_chars` — texts are never
 cut —, control characters, chat-template markers), an id already touched earlier in the same
-output, or comes after `max_edits_per_revision` accepted edits. Blank lines are ignored; any other
-line is counted as malformed. Nothing the model writes can break the pool's invariants: the parser
+output, or comes after `max_edits_per_revision` accepted edits. It is also rejected, and counted as
+degenerate, when its text is no rule: no word of two letters, the text of an existing rule or of an
+earlier edit of the same output, or a copy of a line of the prompt. Blank lines are ignored; any
+other line is counted as malformed. Nothing the model writes can break the pool's invariants: the parser
 only proposes, and RulePool.apply checks again (an edit that conflicts with an earlier group's,
 e.g. on a rule that group removed, is rejected there).
+
+With `constrained` (the default) the model writes under each prompt's edit grammar
+(jerp_jax/sampling/grammar.py): at every step only tokens that keep the answer a prefix of
+well-formed edit lines, on that prompt's scopes and shown ids, can be drawn, so even a 135M model
+writes no malformed line; whether an edit is any good is still the parser's and the pool's call.
 
 Which weights write the edits is the config's choice: the current policy (default, the paper's
 "same model") or the frozen base model without adapters. The reviser never trains or retrieves;
@@ -51,11 +58,14 @@ from jerp_jax.rules.pool import (
 )
 from jerp_jax.rules.records import EpisodeRecord
 from jerp_jax.rules.reference import ReferenceStore
+from jerp_jax.sampling import grammar as grammar_lib
 from jerp_jax.sampling import sampler as sampler_lib
 
 # prompts -> texts; with `rules.reviser.answer_prefix` set, also the start of each answer (which
-# is part of the prompt, and not repeated in the text returned).
+# is part of the prompt, and not repeated in the text returned); with `constrained`, the keyword
+# `grammars`: one grammar.EditGrammar per prompt.
 GenerateFn = Callable[..., list[str]]
+_WORD = re.compile(r"[A-Za-z]{2}")  # a rule holds a word; the edit grammar opens with one
 
 _ID = r"R(\d{1,9})"
 _LINE_FORMS = {
@@ -88,6 +98,9 @@ def get_config() -> ml_collections.ConfigDict:
   # that cannot produce the line format write at least one ADD edit for the group's task type.
   # '' (the default and the paper): the model writes the whole answer.
   c.answer_prefix = ""
+  # Decode under each prompt's edit grammar (sampling/grammar.py): every answer is well-formed
+  # edit lines. False: free text, parsed as written (with answer_prefix, if any).
+  c.constrained = True
   return c
 
 
@@ -111,6 +124,10 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "rules.reviser")
   sampler_lib.SamplingParams.from_config(c, where=prefix)
   if not isinstance(c.answer_prefix, str):
     fail("answer_prefix", "a string ('' for none)")
+  if not isinstance(c.constrained, bool):
+    fail("constrained", "True or False")
+  if c.constrained and c.answer_prefix:
+    fail("answer_prefix", "'' when constrained=True (the grammar writes the whole answer)")
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -121,10 +138,49 @@ class ParseResult:
   edits: list[Edit]
   rejected: list[tuple[str, str]]  # (line cut to 200 chars, reason) for refused well-formed lines
   malformed: int  # non-blank lines in none of the forms
+  degenerate: int = 0  # of `rejected`: texts that are no rule (reasons 'degenerate: ...')
 
 
 def _ids(text: str) -> tuple[int, ...]:
   return tuple(int(t.strip()[1:]) for t in text.split(","))
+
+
+def _key(text: str) -> str:
+  """How texts are compared for copies: one spacing, no case, no closing punctuation."""
+  return normalize_text(text).casefold().rstrip(" .!;,")
+
+
+def prompt_lines(prompt: str) -> frozenset[str]:
+  """The keys of what a rule text could copy from a prompt: each line, each ' | ' part of it,
+  and each part after its label ('Task: ...', '1. saw: ...')."""
+  out = set()
+  for line in prompt.splitlines():
+    for part in [line] + line.split(" | "):
+      out.update({_key(part), _key(part.split(": ", 1)[-1])})
+  out.discard("")
+  return frozenset(out)
+
+
+def degenerate_reason(
+  op: str,
+  ids: tuple[int, ...],
+  text: str,
+  rule_texts: dict[int, str],
+  earlier: set[str],
+  copied: frozenset[str],
+) -> str | None:
+  """Why a well-formed text is no rule, or None: no word, the text of an existing rule (other
+  than those a MERGE joins) or of an earlier edit, or a copy of a line of the prompt."""
+  key = _key(text)
+  if not _WORD.search(text):
+    return "degenerate: no words"
+  if any(_key(t) == key for i, t in rule_texts.items() if not (op == "MERGE" and i in ids)):
+    return "degenerate: duplicate rule"
+  if key in earlier:
+    return "degenerate: duplicate edit"
+  if key in copied:
+    return "degenerate: copies the prompt"
+  return None
 
 
 def parse_edits(
@@ -133,8 +189,17 @@ def parse_edits(
   allowed_scopes: Sequence[str],
   max_rule_chars: int,
   max_edits: int,
+  rule_texts: dict[int, str] | None = None,
+  prompt: str = "",
 ) -> ParseResult:
-  """The model's output -> the edits it may make; every other line is rejected or malformed."""
+  """The model's output -> the edits it may make; every other line is rejected or malformed.
+
+  `rule_texts` (id -> text of the pool's rules) and `prompt` feed the degenerate checks.
+  """
+  rule_texts = rule_texts or {}
+  copied = prompt_lines(prompt)
+  earlier: set[str] = set()
+  degenerate = 0
   edits: list[Edit] = []
   rejected: list[tuple[str, str]] = []
   malformed = 0
@@ -187,12 +252,16 @@ def parse_edits(
       if problem:
         reject(problem)
         continue
-    if op == "ADD" and any(e.op == "ADD" and e.text == text_norm for e in edits):
-      reject("duplicate ADD")
-      continue
+    if text_norm:
+      reason = degenerate_reason(op, ids, text_norm, rule_texts, earlier, copied)
+      if reason:
+        reject(reason)
+        degenerate += 1
+        continue
+      earlier.add(_key(text_norm))
     touched.update(ids)
     edits.append(Edit(op, ids, text_norm, scope))
-  return ParseResult(edits, rejected, malformed)
+  return ParseResult(edits, rejected, malformed, degenerate)
 
 
 # --- prompts ------------------------------------------------------------------------------------
@@ -248,6 +317,7 @@ class RevisionReport:
   proposed: int = 0  # well-formed edit lines
   applied: int = 0
   rejected: int = 0  # well-formed but refused, by the parser's limits or by the pool
+  degenerate: int = 0  # of `rejected`: texts that are no rule (see degenerate_reason)
   malformed: int = 0  # non-blank lines in none of the forms
   applied_by_op: dict[str, int] = dataclasses.field(default_factory=dict)
   rejected_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -335,6 +405,12 @@ class Reviser:
     group.prompt = prompt
     return prompt
 
+  def grammar(self, group: RevisionGroup, pool: RulePool) -> grammar_lib.EditGrammar:
+    """What the group's answer may be (after build_prompt, which sets the ids it shows)."""
+    return grammar_lib.EditGrammar(
+      group.task_type, group.shown_ids, pool.max_rule_chars, self.config.max_edits_per_revision
+    )
+
   def revise(
     self,
     pool: RulePool,
@@ -347,7 +423,9 @@ class Reviser:
     if not groups:
       return report
     prompts = [self.build_prompt(g, pool) for g in groups]
-    if self.config.answer_prefix:
+    if self.config.constrained:
+      outputs = list(self.generate(prompts, grammars=[self.grammar(g, pool) for g in groups]))
+    elif self.config.answer_prefix:
       prefixes = [self.config.answer_prefix.format(task_type=g.task_type) for g in groups]
       # Whitespace the model puts right after the prefix (a small model starts a new line) is
       # layout, not content: the edit's text is what follows it.
@@ -368,8 +446,11 @@ class Reviser:
         (group.task_type, GLOBAL_SCOPE),
         pool.max_rule_chars,
         self.config.max_edits_per_revision,
+        {r.id: r.text for r in pool.rules.values()},
+        group.prompt,
       )
       report.malformed += parsed.malformed
+      report.degenerate += parsed.degenerate
       report.proposed += len(parsed.edits) + len(parsed.rejected)
       for _, reason in parsed.rejected:
         reasons[reason] += 1
@@ -394,7 +475,8 @@ def make_generate_fn(
 
   `sampler` is a jerp_jax.sampling.sampler.Sampler with a tokenizer. Special tokens (the end of
   turn) are dropped from the text, so they cannot make a last edit line malformed. Each call uses
-  a new seed, so two revisions of one epoch do not sample the same way.
+  a new seed, so two revisions of one epoch do not sample the same way. With `grammars`, each
+  prompt is decoded under its EditGrammar's token tables, built once per grammar per function.
   """
   validate_config(config)
   params = sampler_lib.SamplingParams.from_config(config, where="rules.reviser")
@@ -403,12 +485,23 @@ def make_generate_fn(
   weights = select_weights(variables, config.weights)
   tokenizer = sampler.tokenizer
   calls = [0]
+  tables: dict[grammar_lib.EditGrammar, grammar_lib.Tables] = {}
 
-  def generate(prompts: Sequence[str], prefixes: Sequence[str] | None = None) -> list[str]:
+  def generate(
+    prompts: Sequence[str],
+    prefixes: Sequence[str] | None = None,
+    grammars: Sequence[grammar_lib.EditGrammar] | None = None,
+  ) -> list[str]:
     ids = [tokenizer.encode_chat([{"role": "user", "content": p}]) for p in prompts]
     if prefixes is not None:
       ids = [i + tokenizer.encode(x) for i, x in zip(ids, prefixes)]
-    completions = sampler.generate(weights, ids, params, seed=config.seed + calls[0])
+    extra = {}
+    if grammars is not None:
+      for g in grammars:
+        if g not in tables:
+          tables[g] = grammar_lib.edit_tables(g, tokenizer)
+      extra["grammar"] = [tables[g] for g in grammars]
+    completions = sampler.generate(weights, ids, params, seed=config.seed + calls[0], **extra)
     calls[0] += 1
     return [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
 

@@ -19,6 +19,11 @@ Each sampled token comes with its log-probability under the distribution it was 
 top-k/top-p truncation: log_softmax(logits / temperature), or log_softmax(logits) when greedy.
 The learner recomputes exactly this from a full forward pass (tests check they agree).
 
+A row may be decoded under a grammar (sampling/grammar.py: one automaton per row, its tables
+stacked for the batch): its logits are masked to the tokens the automaton allows and its state
+moves with each sampled token, inside the same jitted loop. Without one (grammar=None) the state
+carries no grammar leaves and the programs are those of plain sampling.
+
 EOS ends a row on the device. Stop strings need text, so with stop strings the decode loop runs
 in chunks of `decode_chunk` steps and the host checks the new text between chunks; a row that
 hit a stop string is cut right after the token that completed it.
@@ -43,6 +48,7 @@ from jerp_jax.model import llama
 from jerp_jax.model.llama import Decoder, KVCache
 from jerp_jax.parallel import buckets, hosts
 from jerp_jax.parallel import mesh as mesh_lib
+from jerp_jax.sampling import grammar as grammar_lib
 from jerp_jax.sampling import prefix as prefix_lib
 
 
@@ -180,6 +186,8 @@ class DecodeState:
   step: jax.Array  # () int32: generated tokens so far (the last one not yet fed)
   rng: jax.Array
   prompt_len: int = flax.struct.field(pytree_node=False)  # P, the bucket: static
+  # Rows' automaton states under a grammar; None (no leaves) keeps the unconstrained program.
+  grammar: grammar_lib.RowState | None = None
 
   @property
   def max_new_tokens(self) -> int:
@@ -226,6 +234,11 @@ def gather_blocks(pool_x: jax.Array, table: jax.Array) -> jax.Array:
   lead = pool_x.ndim - 4
   x = jnp.moveaxis(jnp.take(pool_x, table, axis=lead), lead + 1, lead + 2)  # [(L,) B, K, n, b, H]
   return x.reshape(x.shape[: lead + 2] + (-1, x.shape[-1]))
+
+
+def _shape(grammar: grammar_lib.DeviceTables | None) -> tuple:
+  """What of a grammar makes a new program: its table's shape."""
+  return () if grammar is None else (("grammar",) + grammar.next_state.shape,)
 
 
 # --- the sampler --------------------------------------------------------------------------------
@@ -392,9 +405,11 @@ class Sampler:
     temperature,
     pool,
     table,
+    grammar,
   ):
     """Prefills slots [M, P) of each row, after the cached head blocks `table` [B, M / block]
-    (None: M = 0) are copied from the pool into slots [0, M)."""
+    (None: M = 0) are copied from the pool into slots [0, M). With `grammar` (DeviceTables), the
+    first token is drawn among those its automaton allows."""
     b, total = tokens.shape
     args = self.model.args
     cache = KVCache.zeros(args, b, total, args.dtype)
@@ -411,20 +426,28 @@ class Sampler:
       variables, tokens[:, m:p], positions, valid, cache, jnp.int32(m), last_only=True
     )
     rng, key = jax.random.split(rng)
-    first, logp = sample_logits(
-      logits[:, 0], key, temperature, greedy=greedy, top_k=top_k, top_p=top_p
-    )
+    n = total - p
+    logits, rows = logits[:, 0], None
+    if grammar is not None:
+      rows = grammar_lib.start(grammar)
+      logits = grammar_lib.mask_logits(
+        logits, grammar_lib.allowed(grammar, rows, jnp.int32(n - 1), self.eos_ids)
+      )
+    first, logp = sample_logits(logits, key, temperature, greedy=greedy, top_k=top_k, top_p=top_p)
+    if grammar is not None:
+      rows = grammar_lib.advance(grammar, rows, first, jnp.ones(b, bool))
     tokens = tokens.at[:, p].set(first)
     valid = valid.at[:, p].set(True)
-    n = total - p
     logprobs = jnp.zeros((b, n), jnp.float32).at[:, 0].set(logp)
     done = jnp.isin(first, jnp.asarray(self.eos_ids)) | (n == 1)
     return DecodeState(
-      tokens, valid, cache, positions[:, -1] + 1, logprobs, done, jnp.int32(1), rng, p
+      tokens, valid, cache, positions[:, -1] + 1, logprobs, done, jnp.int32(1), rng, p, rows
     )
 
   @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6), donate_argnums=(2,))
-  def _decode(self, variables, state: DecodeState, steps, greedy, top_k, top_p, temperature):
+  def _decode(
+    self, variables, state: DecodeState, steps, greedy, top_k, top_p, temperature, grammar=None
+  ):
     p, n = state.prompt_len, state.max_new_tokens
     eos = jnp.asarray(self.eos_ids)
     stop_at = jnp.minimum(state.step + steps, n)
@@ -439,10 +462,14 @@ class Sampler:
         variables, last, s.positions[:, None], s.valid, s.cache, slot
       )
       rng, key = jax.random.split(s.rng)
-      nxt, logp = sample_logits(
-        logits[:, 0], key, temperature, greedy=greedy, top_k=top_k, top_p=top_p
-      )
+      logits, rows = logits[:, 0], s.grammar
+      if grammar is not None:  # the tokens after this one: n - 1 - s.step
+        ok = grammar_lib.allowed(grammar, rows, n - 1 - s.step, self.eos_ids)
+        logits = grammar_lib.mask_logits(logits, ok)
+      nxt, logp = sample_logits(logits, key, temperature, greedy=greedy, top_k=top_k, top_p=top_p)
       live = ~s.done
+      if grammar is not None:
+        rows = grammar_lib.advance(grammar, rows, nxt, live)
       nxt = jnp.where(live, nxt, self.pad_id)
       tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, nxt[:, None], slot + 1, axis=1)
       valid = jax.lax.dynamic_update_slice_in_dim(s.valid, live[:, None], slot + 1, axis=1)
@@ -459,6 +486,7 @@ class Sampler:
         done=done,
         step=s.step + 1,
         rng=rng,
+        grammar=rows,
       )
 
     return jax.lax.while_loop(cond, body, state)
@@ -536,10 +564,19 @@ class Sampler:
     return p, tokens, valid, positions, table
 
   def run_prefill(
-    self, variables, tokens, valid, positions, rng, p, params: SamplingParams, table=None
+    self,
+    variables,
+    tokens,
+    valid,
+    positions,
+    rng,
+    p,
+    params: SamplingParams,
+    table=None,
+    grammar: grammar_lib.DeviceTables | None = None,
   ):
     static = self._static(params)
-    self._programs.add(("prefill", tokens.shape, positions.shape, p) + static)
+    self._programs.add(("prefill", tokens.shape, positions.shape, p) + static + _shape(grammar))
     pool = None
     if table is not None:
       pool, table = self._pool, jax.device_put(table, self._row_len)
@@ -554,19 +591,42 @@ class Sampler:
       self._temperature(params),
       pool,
       table,
+      grammar,
     )
 
-  def run_decode(self, variables, state: DecodeState, steps: int, params: SamplingParams):
+  def run_decode(
+    self,
+    variables,
+    state: DecodeState,
+    steps: int,
+    params: SamplingParams,
+    grammar: grammar_lib.DeviceTables | None = None,
+  ):
     static = self._static(params)
-    self._programs.add(("decode", state.tokens.shape, state.prompt_len, steps) + static)
-    return self._decode(variables, state, steps, *static, self._temperature(params))
+    key = ("decode", state.tokens.shape, state.prompt_len, steps) + static + _shape(grammar)
+    self._programs.add(key)
+    return self._decode(variables, state, steps, *static, self._temperature(params), grammar)
 
-  def _prefill_rows(self, variables, prompts, params, rng, reuse: bool) -> tuple[DecodeState, int]:
+  def device_tables(
+    self, tables: Sequence[grammar_lib.Tables], rows: int
+  ) -> grammar_lib.DeviceTables:
+    """The rows' automata on the device: per-row arrays split like rows, tables replicated."""
+    host = grammar_lib.stack_tables(tables, rows, self.model.args.vocab_size)
+    per_row = ("initial", "max_segment", "max_lines")
+    whole = mesh_lib.sharding(self.mesh, ())
+    return grammar_lib.DeviceTables(
+      **{k: jax.device_put(x, self._row if k in per_row else whole) for k, x in host.items()}
+    )
+
+  def _prefill_rows(
+    self, variables, prompts, params, rng, reuse: bool, grammar=None
+  ) -> tuple[DecodeState, int]:
     """Prefills the prompts (after their cached heads when `reuse`) and keeps their new blocks."""
     if not reuse:
       p, tokens, valid, positions, _ = self.layout(prompts, params.max_new_tokens)
       self.stats["prefilled_tokens"] += sum(len(x) for x in prompts)
-      return self.run_prefill(variables, tokens, valid, positions, rng, p, params), p
+      state = self.run_prefill(variables, tokens, valid, positions, rng, p, params, grammar=grammar)
+      return state, p
     c = self.prefix_block
     if self._pool is None:
       args, blocks = self.model.args, self._blocks.capacity + 1  # + the scratch block
@@ -579,7 +639,7 @@ class Sampler:
     p, tokens, valid, positions, table = self.layout(prompts, params.max_new_tokens, heads)
     if table is None:
       heads = [0] * len(prompts)
-    state = self.run_prefill(variables, tokens, valid, positions, rng, p, params, table)
+    state = self.run_prefill(variables, tokens, valid, positions, rng, p, params, table, grammar)
     self.stats["prefilled_tokens"] += sum(len(x) - h * c for x, h in zip(prompts, heads))
     self._keep(state.cache, prompts, keys, heads, p)
     return state, p
@@ -652,12 +712,17 @@ class Sampler:
     seed: int = 0,
     version: int | None = None,
     prefix_cache: bool = True,
+    grammar: Sequence[grammar_lib.Tables] | None = None,
   ) -> list[Completion]:
     """Completions of `prompts` under `params`; `version` names the weights (see prepare).
 
     With the sampler's prefix cache on (and `prefix_cache` not False), prompt heads that rows
     share or that an earlier call prefilled are not prefilled again; the tokens and log-probs are
     those of a full prefill up to float rounding.
+
+    With `grammar` (one grammar.Tables per prompt), each row writes only what its automaton
+    allows and stops in a final state (sampling/grammar.py); its log-probs are those of the
+    masked distribution it was drawn from.
     """
     if not isinstance(params, SamplingParams):
       raise TypeError(f"params={params!r}: expected a SamplingParams")
@@ -667,14 +732,21 @@ class Sampler:
       raise ValueError("every prompt needs at least one token")
     if params.stop_strings and self.tokenizer is None:
       raise ValueError("stop_strings need a tokenizer to read the generated text")
+    if grammar is not None and len(grammar) != len(prompts):
+      raise ValueError(f"{len(grammar)} grammars for {len(prompts)} prompts: expected one each")
     n_new = params.max_new_tokens
     b = len(prompts)
+    device_grammar = None
+    if grammar is not None:
+      device_grammar = self.device_tables(grammar, self.batch_rows(b))
     variables = self.prepare(variables, version)
     self.stats["prompt_tokens"] += sum(len(x) for x in prompts)
     reuse = prefix_cache and self._blocks is not None
     if reuse:
       self._share_heads(variables, prompts)
-    state, p = self._prefill_rows(variables, prompts, params, jax.random.PRNGKey(seed), reuse)
+    state, p = self._prefill_rows(
+      variables, prompts, params, jax.random.PRNGKey(seed), reuse, device_grammar
+    )
     stops = params.stop_strings
     chunk = self.decode_chunk if stops else n_new
     stopped_at: dict[int, int] = {}
@@ -689,7 +761,7 @@ class Sampler:
           state = state.replace(done=jax.device_put(done, self._row))
       if done[:b].all() or step >= n_new:
         break
-      state = self.run_decode(variables, state, chunk, params)
+      state = self.run_decode(variables, state, chunk, params, device_grammar)
 
     out_tokens = hosts.fetch(state.tokens[:, p:])
     out_logp = hosts.fetch(state.logprobs)
