@@ -135,7 +135,7 @@ class Ours:
     variables = s.prepare(self.lm.variables)  # the sampler's weight layout, converted once
     assert len(prompts) == s.batch_rows(len(prompts)), "batch must be a power of 2"
     params = sampler_lib.SamplingParams(new_tokens, temperature=0.0)
-    p, tokens, valid, positions = s.layout(prompts, new_tokens)
+    p, tokens, valid, positions, _ = s.layout(prompts, new_tokens)  # no prompt shares a head
     t0 = time.perf_counter()
     state = s.run_prefill(variables, tokens, valid, positions, jax.random.PRNGKey(0), p, params)
     jax.block_until_ready(state)

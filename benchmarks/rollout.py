@@ -28,7 +28,8 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jerp_jax.agent import rollout as rollout_lib  # noqa: E402
+from jerp_jax import episodes as episodes_lib  # noqa: E402
+from jerp_jax.agent import policy as policy_lib  # noqa: E402
 from jerp_jax.envs import pool as pool_lib, registry  # noqa: E402
 from jerp_jax.model import build, config as model_config  # noqa: E402
 from jerp_jax.parallel import mesh as mesh_lib  # noqa: E402
@@ -68,17 +69,14 @@ def play(config, pool, lm, sampler, tasks, seed: int) -> dict:
 
   before = dict(sampler.stats)
   start = time.perf_counter()
-  trajs = rollout_lib.rollout(
-    pool,
+  policy = policy_lib.ModelPolicy(
     generate,
     lm.tokenizer,
-    tasks,
-    config.jerp.group_size,
     config.agent,
     config.actions,
     config.model.max_seq_len - config.sampling.max_new_tokens,
-    seed=seed,
   )
+  trajs = episodes_lib.play(pool, policy, tasks, config.jerp.group_size, seed, desc="rollout")
   seconds = time.perf_counter() - start
   stats = {k: v - before.get(k, 0) for k, v in sampler.stats.items()}
   return dict(

@@ -41,7 +41,7 @@ from jerp_jax.agent import policy as policy_lib
 from jerp_jax.agent import prompt as prompt_lib
 from jerp_jax.envs import pool as pool_lib
 from jerp_jax.envs import registry
-from jerp_jax.parallel import hosts
+from jerp_jax.parallel import buckets, hosts
 from jerp_jax.parallel import mesh as mesh_lib
 from jerp_jax.rl import advantages as advantages_lib
 from jerp_jax.rl import batch as batch_lib
@@ -378,7 +378,11 @@ def update(parts: Parts, train: TrainState, episodes, seed: int) -> tuple[TrainS
   start = time.time()
   learner = parts.learner
   batch = batch_lib.pack(
-    samples, parts.tokenizer.pad_id, learner.rows_multiple, max_length=c.model.max_seq_len
+    samples,
+    parts.tokenizer.pad_id,
+    learner.rows_multiple,
+    max_length=c.model.max_seq_len,
+    granularity=c.rl.learner.length_bucket,
   )
   variables, opt_state, metrics = learner.update(train.variables, train.opt_state, batch, seed)
   metrics = {k: float(v) for k, v in metrics.items()}
@@ -505,12 +509,15 @@ def warm_start(parts: Parts, state: RunState, env, train_tasks) -> tuple[RunStat
   learner = learner_lib.Learner(parts.model, parts.mesh, state.train.variables, cfg)
   variables, opt_state = state.train.variables, learner.init_opt_state(state.train.variables)
   rng = np.random.default_rng(epoch_seed(state.rng, 0, WARM_START))
+  # Every batch as long as the longest demonstration: one compiled step for the whole stage.
+  longest = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+  length = buckets.bucket(longest, cfg.length_bucket, 32, c.model.max_seq_len)
   losses = []
   for _ in tqdm(range(w.steps), desc="warm start", unit="step", leave=False):
     rows = rng.choice(len(samples), min(w.batch_size, len(samples)), replace=False)
     batch = batch_lib.pack(
       [samples[i] for i in np.sort(rows)], parts.tokenizer.pad_id, learner.rows_multiple,
-      max_length=c.model.max_seq_len,
+      min_length=length, max_length=c.model.max_seq_len, granularity=cfg.length_bucket,
     )  # fmt: skip
     variables, opt_state, metrics = learner.update(variables, opt_state, batch)
     losses.append(float(metrics["loss"]))

@@ -314,6 +314,7 @@ class RevisionReport:
   revised: int = 0  # groups that got a prompt
   skipped_no_failure: int = 0
   skipped_no_success: int = 0  # a failure, but neither a reference nor a success
+  skipped_too_long: int = 0  # a prompt that leaves the model no room to answer, even shortened
   proposed: int = 0  # well-formed edit lines
   applied: int = 0
   rejected: int = 0  # well-formed but refused, by the parser's limits or by the pool
@@ -396,7 +397,8 @@ class Reviser:
     while True:
       views = [render_episode(e, t, steps, obs_chars) for e, t in shown]
       prompt = "\n\n".join(["\n".join(head)] + views + [tail])
-      if len(prompt) <= c.max_prompt_chars or (steps == 1 and obs_chars <= 40):
+      fits = len(prompt) <= c.max_prompt_chars and self._fits(prompt)
+      if fits or (steps == 1 and obs_chars <= 40):
         break
       if steps > 1:
         steps = max(1, steps // 2)
@@ -404,6 +406,11 @@ class Reviser:
         obs_chars = max(40, obs_chars // 2)
     group.prompt = prompt
     return prompt
+
+  def _fits(self, prompt: str) -> bool:
+    """Whether the model can read `prompt` and still answer: the generate function's own check
+    (`generate.fits`, in tokens) where it has one; scripted ones take any prompt."""
+    return getattr(self.generate, "fits", lambda _: True)(prompt)
 
   def grammar(self, group: RevisionGroup, pool: RulePool) -> grammar_lib.EditGrammar:
     """What the group's answer may be (after build_prompt, which sets the ids it shows)."""
@@ -420,9 +427,14 @@ class Reviser:
   ) -> RevisionReport:
     """Prompts the model once per informative group and applies the edits it wrote."""
     groups, report = self.groups(episodes, reference_store)
+    prompts = [self.build_prompt(g, pool) for g in groups]
+    # A group whose shortest prompt still leaves no room for the answer is skipped, not fatal.
+    fitting = [self._fits(p) for p in prompts]
+    report.skipped_too_long = fitting.count(False)
+    groups = [g for g, ok in zip(groups, fitting) if ok]
+    prompts = [p for p, ok in zip(prompts, fitting) if ok]
     if not groups:
       return report
-    prompts = [self.build_prompt(g, pool) for g in groups]
     if self.config.constrained:
       outputs = list(self.generate(prompts, grammars=[self.grammar(g, pool) for g in groups]))
     elif self.config.answer_prefix:
@@ -505,4 +517,10 @@ def make_generate_fn(
     calls[0] += 1
     return [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
 
+  # Room for the answer: its tokens and an answer prefix's (the longest task type is ~30 chars).
+  prefix = len(tokenizer.encode(config.answer_prefix.format(task_type="x" * 32)))
+  room = sampler.max_seq_len - params.max_new_tokens - prefix
+  generate.fits = lambda prompt: (
+    len(tokenizer.encode_chat([{"role": "user", "content": prompt}])) <= room
+  )
   return generate

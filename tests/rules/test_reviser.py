@@ -433,6 +433,36 @@ def test_answer_prefix_starts_each_answer_with_the_group_task_type():
   assert (added.text, added.scope, added.created_epoch) == ("Check the cabinet first.", PICK, 2)
 
 
+def test_prompts_shrink_to_what_the_model_can_read_and_the_rest_are_skipped():
+  config = reviser_lib.get_config()
+  config.constrained = False
+  config.max_steps_shown = 8
+  episodes = [
+    ep("k1", PICK, False, [f"go to drawer {i}" for i in range(1, 9)], "put a cup in cabinet."),
+    ep("k1", PICK, True, ["go to cabinet 1", "put cup 1 in cabinet 1"]),
+  ]
+  seen = []
+
+  def generate(prompts):
+    seen.extend(prompts)
+    return ["UPVOTE R1"] * len(prompts)
+
+  Reviser(config, generate).revise(scripted_pool(), episodes, epoch=1)
+  full = len(seen[0])
+  # A model that reads fewer characters gets the same prompt with shorter views of the rollouts.
+  generate.fits = lambda prompt: len(prompt) < full
+  report = Reviser(config, generate).revise(scripted_pool(), episodes, epoch=1)
+  first_step = "1. saw: You see 1. | did: go to drawer 1"
+  assert len(seen) == 2 and len(seen[1]) < full
+  assert first_step in seen[0] and first_step not in seen[1]  # the failure's last steps only
+  assert (report.revised, report.skipped_too_long, report.applied) == (1, 0, 1)
+  # One that cannot read even the shortest: the group is skipped and counted; the model not asked.
+  generate.fits = lambda prompt: len(prompt) < 10
+  report = Reviser(config, generate).revise(scripted_pool(), episodes, epoch=1)
+  assert len(seen) == 2
+  assert (report.revised, report.skipped_too_long, report.applied) == (0, 1, 0)
+
+
 def test_real_model_with_an_answer_prefix_adds_a_rule(smollm2):
   lm, sampler = smollm2
   pool = scripted_pool()
@@ -464,6 +494,7 @@ def test_generate_fn_passes_every_sampling_field_of_the_config():
 
   class Sampler:
     tokenizer = Tokenizer()
+    max_seq_len = 2048
     calls = []
 
     def generate(self, weights, prompts, params, seed=0, grammar=None):
