@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from typing import Any, Sequence
@@ -57,6 +56,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from absl import app, flags, logging  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
+from benchmarks.machine import cpu_name  # pylint: disable=wrong-import-position
 from jerp_jax.model import build, presets  # pylint: disable=wrong-import-position
 from jerp_jax.model import config as model_config  # pylint: disable=wrong-import-position
 from jerp_jax.parallel import mesh as mesh_lib  # pylint: disable=wrong-import-position
@@ -97,17 +97,6 @@ def make_prompts(tokenizer, batch: int, length: int) -> list[list[int]]:
   ids = tokenizer.encode(_TEXT)
   stream = ids * (2 + (length + 13 * batch) // len(ids))
   return [stream[(13 * i) % len(ids) :][:length] for i in range(batch)]
-
-
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown cpu"
 
 
 # --- ours ---------------------------------------------------------------------------------------

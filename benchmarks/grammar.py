@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from typing import Sequence
@@ -38,6 +37,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
+from benchmarks.machine import cpu_name  # pylint: disable=wrong-import-position
 from jerp_jax.model import build  # pylint: disable=wrong-import-position
 from jerp_jax.parallel import mesh as mesh_lib  # pylint: disable=wrong-import-position
 from jerp_jax.sampling import grammar as grammar_lib  # pylint: disable=wrong-import-position
@@ -57,18 +57,6 @@ GRAMMARS = (
   grammar_lib.EditGrammar("pick_and_place_simple", (1, 2, 3, 7, 12), 300, 6),
   grammar_lib.EditGrammar("pick_clean_then_place_in_recep", (2, 4, 5, 9, 10, 11, 13), 300, 6),
 )
-
-
-def cpu_name() -> str:
-  """The CPU's model name (as benchmarks/generation.py, whose flags cannot be imported twice)."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown cpu"
 
 
 def make_prompts(tokenizer, batch: int, length: int) -> list[list[int]]:

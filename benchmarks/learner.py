@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks.generation import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 from jerp_jax import inference  # noqa: E402
 from jerp_jax.rl import batch as batch_lib  # noqa: E402
 from jerp_jax.rl import learner as learner_lib  # noqa: E402

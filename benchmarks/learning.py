@@ -28,7 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.generation import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 from jerp_jax import reports  # noqa: E402
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -28,6 +27,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from jerp_jax import episodes as episodes_lib  # noqa: E402
 from jerp_jax.agent import policy as policy_lib  # noqa: E402
 from jerp_jax.envs import pool as pool_lib, registry  # noqa: E402
@@ -38,17 +38,6 @@ from jerp_jax.sampling import sampler as sampler_lib  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")
 _TASKS = flags.DEFINE_integer("tasks", 0, "Tasks played (0: the config's jerp.tasks_per_epoch).")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Timed rounds of each path, alternating.")
-
-
-def cpu_model() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-      if line.startswith("Model name:"):
-        return line.split(":", 1)[1].strip()
-  except (OSError, subprocess.CalledProcessError):
-    pass
-  return "unknown cpu"
 
 
 def play(config, pool, lm, sampler, tasks, seed: int) -> dict:
@@ -154,7 +143,7 @@ def main(argv) -> None:
         ),
         compiles=f["compiles"],
         plain_compiles=p["compiles"],
-        cpu=cpu_model(),
+        cpu=cpu_name(),
         dtype=dtype,
         turns=f["turns"],
         prompt_tokens=f["prompt_tokens"],
