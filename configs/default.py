@@ -51,6 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.rules = rules.get_config()
   c.rules.reference.seed_from_expert = True  # the reviser needs a success to compare with
   c.rules.retrieval.top_k = 3  # rules per prompt: short prompts on a CPU
+  # One short sentence of advice: a 135M writer given 300 characters runs on and repeats itself.
+  c.rules.pool.max_rule_chars = 120
   c.rules.reviser.max_new_tokens = 64
   # SmolLM2-135M never writes the edit format by itself: the reviser decodes under each group's
   # edit grammar (rules.reviser.constrained, the default), so every line is a well-formed edit;

@@ -161,6 +161,9 @@ def prompt_lines(prompt: str) -> frozenset[str]:
   return frozenset(out)
 
 
+REPEAT_MIN_WORDS = 12  # texts this long or longer are checked for repetition
+
+
 def degenerate_reason(
   op: str,
   ids: tuple[int, ...],
@@ -169,11 +172,17 @@ def degenerate_reason(
   earlier: set[str],
   copied: frozenset[str],
 ) -> str | None:
-  """Why a well-formed text is no rule, or None: no word, the text of an existing rule (other
-  than those a MERGE joins) or of an earlier edit, or a copy of a line of the prompt."""
+  """Why a well-formed text is no rule, or None: no word, a text that keeps repeating itself, the
+  text of an existing rule (other than those a MERGE joins) or of an earlier edit, or a copy of
+  a line of the prompt."""
   key = _key(text)
   if not _WORD.search(text):
     return "degenerate: no words"
+  words = re.findall(r"[a-z]+", text.lower())
+  # A small model that runs on repeats its phrases ("The next step is the final step." three
+  # times): under half distinct words in a long text. Advice of 30 words measured 0.67.
+  if len(words) >= REPEAT_MIN_WORDS and len(set(words)) < 0.5 * len(words):
+    return "degenerate: repeats itself"
   if any(_key(t) == key for i, t in rule_texts.items() if not (op == "MERGE" and i in ids)):
     return "degenerate: duplicate rule"
   if key in earlier:

@@ -291,6 +291,8 @@ def test_degenerate_texts_are_rejected_and_counted():
       "ADD global: Write only edits.",  # the instructions, copied
       "ADD global: I am a rule.",  # 'am' is a word
       "ADD pick_and_place_simple: i am a  RULE!",  # the edit above again
+      "ADD global: The next step is the final step. The next step is the final step.",
+      "ADD global: Open every closed cabinet and drawer before you look for the object inside.",
     ]
   )
   rules = {1: "Look on the countertop first.", 2: "Examine objects before taking them."}
@@ -298,7 +300,11 @@ def test_degenerate_texts_are_rejected_and_counted():
   assert result.edits == [
     Edit("MERGE", (1, 2), "Look on the countertop first."),
     Edit("ADD", (), "I am a rule.", "global"),
-  ]
+    Edit(
+      "ADD", (), "Open every closed cabinet and drawer before you look for the object inside.",
+      "global",
+    ),
+  ]  # fmt: skip
   assert [reason for _, reason in result.rejected] == [
     "degenerate: no words",
     "degenerate: duplicate rule",
@@ -307,8 +313,9 @@ def test_degenerate_texts_are_rejected_and_counted():
     "degenerate: copies the prompt",
     "degenerate: copies the prompt",
     "degenerate: duplicate edit",
+    "degenerate: repeats itself",  # 14 words, 5 distinct
   ]
-  assert (result.degenerate, result.malformed) == (7, 0)
+  assert (result.degenerate, result.malformed) == (8, 0)
 
 
 def test_degenerate_edits_are_counted_in_the_report():
