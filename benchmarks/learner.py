@@ -47,7 +47,7 @@ _LENGTH = flags.DEFINE_integer("length", 512, "Tokens per turn, prompt and respo
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed updates (the fastest counts).")
 
 
-def update_flops(args, rows: int, length: int, response: int, window: int, cfg) -> float:
+def update_flops(args, rows: int, length: int, window: int, cfg) -> float:
   """FLOPs of one update (see the module docstring)."""
   d, layers = args.hidden_size, args.num_layers
   heads, kv, hd, mlp = args.num_heads, args.num_kv_heads, args.head_dim, args.intermediate_size
@@ -57,7 +57,7 @@ def update_flops(args, rows: int, length: int, response: int, window: int, cfg) 
   forward = 2 * layers * (proj + attention) * tokens + 2 * d * args.vocab_size * rows * window
   backward = 2 * forward  # gradients of the activations (and of the trained weights' inputs)
   if cfg.train == "full":
-    backward += 2 * layers * proj * tokens * 2 / 2  # the weights' own gradients
+    backward += 2 * layers * proj * tokens  # the weights' own gradients
   anchor = forward if cfg.loss.kl_coef > 0 else 0.0
   return forward + backward + anchor
 
@@ -109,7 +109,7 @@ def main(argv) -> None:
     times.append(time.perf_counter() - start)
     print(f"update {i + 1}: {times[-1]:.2f} s ({metrics['steps']:.0f} optimizer steps)", flush=True)
   seconds = min(times)
-  flops = update_flops(args, rows, batch.shape[1], response, window, cfg)
+  flops = update_flops(args, rows, batch.shape[1], window, cfg)
   peak = matmul_peak(rows * batch.shape[1], args.hidden_size, args.intermediate_size, args.dtype)
   achieved = flops / seconds / 1e12
   out = {

@@ -25,6 +25,28 @@ def one_device_mesh():
   return mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
 
 
+def peaked_tiny(seed: int):
+  """The random 'tiny' model on one device, its matrices ×20: peaked, arbitrary distributions
+  (the init's 0.02 scale gives nearly uniform ones)."""
+  from jerp_jax.model import build, config as model_config
+
+  cfg = model_config.get_config()
+  cfg.preset, cfg.random_init = "tiny", True
+  lm = build.build(cfg, one_device_mesh(), seed=seed)
+  lm.variables = jax.tree.map(lambda x: x * 20 if x.ndim > 1 else x, lm.variables)
+  return lm
+
+
+def tiny_sampler(lm, **kw):
+  """A sampler for a tiny model: short contexts, prompts in buckets from 16 tokens."""
+  from jerp_jax.sampling.sampler import Sampler
+
+  tok = lm.tokenizer
+  return Sampler(
+    lm.model, lm.mesh, tok.eos_ids, tok.pad_id, tok, max_seq_len=256, min_prompt_bucket=16, **kw
+  )
+
+
 @pytest.fixture(scope="session")
 def smollm2():
   """The embedded SmolLM2-135M-Instruct on one device: (LoadedModel, Sampler)."""

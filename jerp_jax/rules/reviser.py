@@ -315,6 +315,7 @@ class RevisionGroup:
   reference: EpisodeRecord | None  # from the store, else the shortest of `successes`
   shown_ids: frozenset[int] = frozenset()
   prompt: str = ""
+  fits: bool = True  # the model can read `prompt` and still answer (set by build_prompt)
 
 
 @dataclasses.dataclass
@@ -408,6 +409,7 @@ class Reviser:
       prompt = "\n\n".join(["\n".join(head)] + views + [tail])
       fits = len(prompt) <= c.max_prompt_chars and self._fits(prompt)
       if fits or (steps == 1 and obs_chars <= 40):
+        group.fits = fits or self._fits(prompt)  # the shortest view, still too long?
         break
       if steps > 1:
         steps = max(1, steps // 2)
@@ -438,10 +440,9 @@ class Reviser:
     groups, report = self.groups(episodes, reference_store)
     prompts = [self.build_prompt(g, pool) for g in groups]
     # A group whose shortest prompt still leaves no room for the answer is skipped, not fatal.
-    fitting = [self._fits(p) for p in prompts]
-    report.skipped_too_long = fitting.count(False)
-    groups = [g for g, ok in zip(groups, fitting) if ok]
-    prompts = [p for p, ok in zip(prompts, fitting) if ok]
+    report.skipped_too_long = sum(not g.fits for g in groups)
+    prompts = [p for g, p in zip(groups, prompts) if g.fits]
+    groups = [g for g in groups if g.fits]
     if not groups:
       return report
     if self.config.constrained:

@@ -427,15 +427,11 @@ class Sampler:
     )
     rng, key = jax.random.split(rng)
     n = total - p
-    logits, rows = logits[:, 0], None
-    if grammar is not None:
-      rows = grammar_lib.start(grammar)
-      logits = grammar_lib.mask_logits(
-        logits, grammar_lib.allowed(grammar, rows, jnp.int32(n - 1), self.eos_ids)
-      )
-    first, logp = sample_logits(logits, key, temperature, greedy=greedy, top_k=top_k, top_p=top_p)
-    if grammar is not None:
-      rows = grammar_lib.advance(grammar, rows, first, jnp.ones(b, bool))
+    rows = None if grammar is None else grammar_lib.start(grammar)
+    first, logp, rows = self._draw(
+      logits[:, 0], key, grammar, rows, jnp.int32(n - 1), jnp.ones(b, bool),
+      greedy, top_k, top_p, temperature,
+    )  # fmt: skip
     tokens = tokens.at[:, p].set(first)
     valid = valid.at[:, p].set(True)
     logprobs = jnp.zeros((b, n), jnp.float32).at[:, 0].set(logp)
@@ -443,6 +439,20 @@ class Sampler:
     return DecodeState(
       tokens, valid, cache, positions[:, -1] + 1, logprobs, done, jnp.int32(1), rng, p, rows
     )
+
+  def _draw(self, logits_bv, key, grammar, rows, left, live, greedy, top_k, top_p, temperature):
+    """(token, log-prob, automaton states) per row: sampled among the tokens the rows' automata
+    allow with `left` tokens to come, which then move on with it (live rows only); without a
+    grammar, plain sampling."""
+    if grammar is not None:
+      ok = grammar_lib.allowed(grammar, rows, left, self.eos_ids)
+      logits_bv = grammar_lib.mask_logits(logits_bv, ok)
+    token, logp = sample_logits(
+      logits_bv, key, temperature, greedy=greedy, top_k=top_k, top_p=top_p
+    )
+    if grammar is not None:
+      rows = grammar_lib.advance(grammar, rows, token, live)
+    return token, logp, rows
 
   @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6), donate_argnums=(2,))
   def _decode(
@@ -462,14 +472,11 @@ class Sampler:
         variables, last, s.positions[:, None], s.valid, s.cache, slot
       )
       rng, key = jax.random.split(s.rng)
-      logits, rows = logits[:, 0], s.grammar
-      if grammar is not None:  # the tokens after this one: n - 1 - s.step
-        ok = grammar_lib.allowed(grammar, rows, n - 1 - s.step, self.eos_ids)
-        logits = grammar_lib.mask_logits(logits, ok)
-      nxt, logp = sample_logits(logits, key, temperature, greedy=greedy, top_k=top_k, top_p=top_p)
       live = ~s.done
-      if grammar is not None:
-        rows = grammar_lib.advance(grammar, rows, nxt, live)
+      nxt, logp, rows = self._draw(  # the tokens after this one: n - 1 - s.step
+        logits[:, 0], key, grammar, s.grammar, n - 1 - s.step, live,
+        greedy, top_k, top_p, temperature,
+      )  # fmt: skip
       nxt = jnp.where(live, nxt, self.pad_id)
       tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, nxt[:, None], slot + 1, axis=1)
       valid = jax.lax.dynamic_update_slice_in_dim(s.valid, live[:, None], slot + 1, axis=1)

@@ -526,17 +526,10 @@ def test_generate_fn_passes_every_sampling_field_of_the_config():
 
 @pytest.fixture(scope="module")
 def tiny_sampler():
-  import jax
-
-  from jerp_jax.model import build, config as model_config
   from jerp_jax.sampling.sampler import Sampler
-  from tests.conftest import one_device_mesh
+  from tests.conftest import peaked_tiny
 
-  cfg = model_config.get_config()
-  cfg.preset, cfg.random_init = "tiny", True
-  lm = build.build(cfg, one_device_mesh(), seed=2)
-  # Weights x20: peaked, arbitrary logits, far from anything that writes edits.
-  lm.variables = jax.tree.map(lambda x: x * 20 if x.ndim > 1 else x, lm.variables)
+  lm = peaked_tiny(seed=2)  # peaked, arbitrary logits, far from anything that writes edits
   tok = lm.tokenizer
   return lm, Sampler(lm.model, lm.mesh, tok.eos_ids, tok.pad_id, tok, max_seq_len=1024)
 

@@ -10,13 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jerp_jax.model import build, config as model_config
 from jerp_jax.model import presets, tokenizer as tokenizer_lib
 from jerp_jax.rules.reviser import parse_edits
 from jerp_jax.sampling import grammar as grammar_lib
 from jerp_jax.sampling.grammar import EditGrammar, edit_regex, edit_tables, token_tables
-from jerp_jax.sampling.sampler import Sampler, SamplingParams
-from tests.conftest import one_device_mesh
+from jerp_jax.sampling.sampler import SamplingParams
+from tests.conftest import peaked_tiny, tiny_sampler
 
 PICK = "pick_and_place_simple"
 
@@ -219,15 +218,8 @@ def test_any_logits_decode_to_well_formed_edits(
 
 @pytest.fixture(scope="module")
 def tiny():
-  cfg = model_config.get_config()
-  cfg.preset, cfg.random_init = "tiny", True
-  lm = build.build(cfg, one_device_mesh(), seed=1)
-  lm.variables = jax.tree.map(lambda x: x * 20 if x.ndim > 1 else x, lm.variables)
-  tok = lm.tokenizer
-  sampler = Sampler(
-    lm.model, lm.mesh, tok.eos_ids, tok.pad_id, tok, max_seq_len=256, min_prompt_bucket=16
-  )
-  return lm, sampler, [edit_tables(g, tok) for g in GRAMMARS]
+  lm = peaked_tiny(seed=1)
+  return lm, tiny_sampler(lm), [edit_tables(g, lm.tokenizer) for g in GRAMMARS]
 
 
 @settings(max_examples=8, deadline=None)

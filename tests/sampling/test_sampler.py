@@ -13,7 +13,7 @@ import pytest
 from jerp_jax.model import build, config as model_config
 from jerp_jax.sampling import sampler as sampler_lib
 from jerp_jax.sampling.sampler import Sampler, SamplingParams, sample_logits
-from tests.conftest import FIXTURES, one_device_mesh
+from tests.conftest import FIXTURES, one_device_mesh, peaked_tiny, tiny_sampler
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +24,8 @@ def greedy_fixture():
 
 @pytest.fixture(scope="module")
 def tiny():
-  cfg = model_config.get_config()
-  cfg.preset, cfg.random_init = "tiny", True
-  lm = build.build(cfg, one_device_mesh(), seed=1)
-  # Larger random weights than the init's 0.02 so that the distribution is far from uniform.
-  lm.variables = jax.tree.map(lambda x: x * 20 if x.ndim > 1 else x, lm.variables)
+  lm = peaked_tiny(seed=1)
   return lm, tiny_sampler(lm)
-
-
-def tiny_sampler(lm, **kw):
-  tok = lm.tokenizer
-  return Sampler(
-    lm.model, lm.mesh, tok.eos_ids, tok.pad_id, tok, max_seq_len=256, min_prompt_bucket=16, **kw
-  )
 
 
 def full_forward_logprobs(lm, completion, temperature=1.0):
