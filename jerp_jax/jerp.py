@@ -19,7 +19,6 @@ run reaches the state an uninterrupted one would (tests check it after a kill mi
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import dataclasses
 import functools
@@ -30,7 +29,6 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from jerp_jax import checkpoint as checkpoint_lib
 from jerp_jax import checks, inference, reports
@@ -40,11 +38,13 @@ from jerp_jax import state as state_lib
 from jerp_jax.agent import policy as policy_lib
 from jerp_jax.agent import prompt as prompt_lib
 from jerp_jax.envs import pool as pool_lib
+from jerp_jax.envs import curriculum as curriculum_lib
 from jerp_jax.envs import registry
-from jerp_jax.parallel import buckets, hosts
+from jerp_jax.parallel import hosts
 from jerp_jax.parallel import mesh as mesh_lib
 from jerp_jax.rl import advantages as advantages_lib
 from jerp_jax.rl import batch as batch_lib
+from jerp_jax.rl import clone as clone_lib
 from jerp_jax.rl import learner as learner_lib
 from jerp_jax.rules import embed as embed_lib
 from jerp_jax.rules import index as index_lib
@@ -161,6 +161,10 @@ def validate(config: ml_collections.ConfigDict, train: bool = True) -> None:
     )
 
 
+def curriculum(config) -> list[curriculum_lib.Stage]:
+  return curriculum_lib.parse(config.env, config.jerp.curriculum, "jerp.curriculum")
+
+
 def eval_split(config) -> str:
   if config.jerp.eval_split:
     return config.jerp.eval_split
@@ -197,53 +201,6 @@ class Stage(NamedTuple):
   train_tasks: list
   eval_tasks: list
   pool: Any  # an EnvPool for `env`
-
-
-def curriculum(config) -> list[tuple[int, list[tuple[str, Any]]]]:
-  """`jerp.curriculum` parsed: (first epoch, [(env field, value), ...]) per stage, in order.
-
-  A stage is written 'EPOCH: FIELD=VALUE FIELD=VALUE', fields of the env block (dotted for its
-  sub-blocks) and Python literals as values, e.g.
-  '4: generated.max_receptacles=8 generated.max_distractors=4 max_steps=12'.
-  """
-  out = []
-  for i, text in enumerate(config.jerp.curriculum):
-    head, sep, body = str(text).partition(":")
-    try:
-      epoch, changes = int(head), []
-      for item in body.split():
-        field, eq, value = item.partition("=")
-        if not eq:
-          raise ValueError(f"{item!r} has no '='")
-        _parent(config.env, field)[field.split(".")[-1]]  # an unknown field raises KeyError
-        changes.append((field, ast.literal_eval(value)))
-      if not sep or epoch < 1 or (out and epoch <= out[-1][0]):
-        raise ValueError("epochs start at 1 and rise stage by stage")
-    except (ValueError, KeyError, SyntaxError, AttributeError) as e:
-      raise ValueError(
-        f"jerp.curriculum[{i}]={text!r}: expected 'EPOCH: FIELD=VALUE ...' with fields of the "
-        f"env block and literal values ({type(e).__name__}: {e})"
-      ) from None
-    out.append((epoch, changes))
-  return out
-
-
-def _parent(block, field: str):
-  for name in field.split(".")[:-1]:
-    block = block[name]
-  return block
-
-
-def env_at(config, epoch: int) -> ml_collections.ConfigDict:
-  """The env block for training epoch `epoch` (1-based): the config's, then every curriculum
-  stage begun by then. An evaluation after epoch N plays epoch N's games; before training, the
-  first epoch's."""
-  env = ml_collections.ConfigDict(config.env.to_dict())
-  for first, changes in curriculum(config):
-    if max(epoch, 1) >= first:
-      for field, value in changes:
-        _parent(env, field)[field.split(".")[-1]] = value
-  return env
 
 
 # --- parts ----------------------------------------------------------------------------------------
@@ -487,42 +444,20 @@ def expert_references(env, pool_config, tasks) -> list:
 
 
 def warm_start(parts: Parts, state: RunState, env, train_tasks) -> tuple[RunState, dict[str, Any]]:
-  """Behaviour cloning from the expert's won demonstrations of training tasks: `steps` optimizer
-  steps on random batches of demonstrated turns, with the `bc` loss (no KL, no clipping) and an
-  optimizer of its own. Returns the state with the cloned weights (version + 1) and a record."""
+  """Behaviour cloning (`rl.clone`) from the expert's won demonstrations of training tasks.
+  Returns the state with the cloned weights (version + 1) and a record."""
   c, w = parts.config, parts.config.jerp.warm_start
   start = time.time()
-  demo = policy_lib.DemoPolicy(parts.tokenizer, c.agent, c.actions, parts.max_prompt_tokens)
+  demo = clone_lib.DemoPolicy(parts.tokenizer, c.agent, c.actions, parts.max_prompt_tokens)
   with pool_lib.EnvPool(expert_env(env), c.pool, expert=True) as pool:
     demos = play(pool, demo, train_tasks[: w.tasks or None], 1, 0, "demonstrations")
-  samples = [
-    batch_lib.TurnSample(t.prompt_ids, t.response_ids, t.logprobs, 1.0)
-    for e in demos
-    if e.won
-    for t in e.turns
-  ]
+  samples = clone_lib.demonstrated_turns(demos)
   if not samples:
     raise ValueError("jerp.warm_start: the expert won no training task; nothing to clone")
-  cfg = ml_collections.ConfigDict(c.rl.learner.to_dict())
-  cfg.lr, cfg.loss.policy_loss, cfg.loss.kl_coef, cfg.loss.entropy_coef = w.lr, "bc", 0.0, 0.0
-  cfg.mini_batch_size, cfg.ppo_epochs = 0, 1  # one step per batch drawn
-  learner = learner_lib.Learner(parts.model, parts.mesh, state.train.variables, cfg)
-  variables, opt_state = state.train.variables, learner.init_opt_state(state.train.variables)
-  rng = np.random.default_rng(epoch_seed(state.rng, 0, WARM_START))
-  # Every batch as long as the longest demonstration: one compiled step for the whole stage.
-  longest = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
-  length = buckets.bucket(longest, cfg.length_bucket, 32, c.model.max_seq_len)
-  losses = []
-  for _ in tqdm(range(w.steps), desc="warm start", unit="step", leave=False):
-    rows = rng.choice(len(samples), min(w.batch_size, len(samples)), replace=False)
-    batch = batch_lib.pack(
-      [samples[i] for i in np.sort(rows)], parts.tokenizer.pad_id, learner.rows_multiple,
-      min_length=length, max_length=c.model.max_seq_len, granularity=cfg.length_bucket,
-    )  # fmt: skip
-    variables, opt_state, metrics = learner.update(variables, opt_state, batch)
-    losses.append(float(metrics["loss"]))
-    if w.target_loss and losses[-1] <= w.target_loss:
-      break
+  variables, losses = clone_lib.clone(
+    parts.model, parts.mesh, state.train.variables, samples, c.rl.learner, w,
+    parts.tokenizer.pad_id, c.model.max_seq_len, epoch_seed(state.rng, 0, WARM_START),
+  )  # fmt: skip
   record = {
     "demonstrations": len(demos),
     "won": sum(e.won for e in demos),
@@ -566,7 +501,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       """The curriculum stage in force for `epoch`: its env, tasks and a pool for it. New training
       tasks without a reference get the expert's, when the config asks for them."""
       nonlocal stage
-      env = env_at(config, epoch)
+      env = curriculum_lib.env_at(config.env, curriculum(config), epoch)
       if stage is not None and stage.env == env:
         return stage
       if stage is not None:

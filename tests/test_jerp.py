@@ -32,30 +32,13 @@ def test_epoch_tasks_walk_seeded_passes_over_the_split():
   assert jerp.epoch_tasks(tasks, 0, 5, seed=2) != first
 
 
-def test_curriculum_stages_change_the_env_from_their_epoch_on():
+def test_a_bad_curriculum_stage_fails_validation_naming_it():
   from configs import tiny
 
   c = tiny.get_config()
-  c.jerp.curriculum = ("2: max_steps=5 generated.max_receptacles=8", "4: task_types=(1,2)")
-  assert jerp.curriculum(c) == [
-    (2, [("max_steps", 5), ("generated.max_receptacles", 8)]),
-    (4, [("task_types", (1, 2))]),
-  ]
-  at = [jerp.env_at(c, e) for e in (0, 1, 2, 3, 4)]
-  assert [e.max_steps for e in at] == [3, 3, 5, 5, 5]
-  assert [e.generated.max_receptacles for e in at] == [30, 30, 8, 8, 8]
-  assert at[4].task_types == (1, 2) and at[3].task_types == c.env.task_types
-  assert c.env.max_steps == 3  # the config itself is left alone
-  for bad, why in [
-    (("2 max_steps=5",), "expected 'EPOCH: FIELD=VALUE ...'"),
-    (("2: max_stepz=5",), "KeyError"),
-    (("2: max_steps",), "has no '='"),
-    (("3: max_steps=5", "2: max_steps=6"), "rise stage by stage"),
-    (("1: max_steps=five",), "ValueError"),
-  ]:
-    c.jerp.curriculum = bad
-    with pytest.raises(ValueError, match=rf"^jerp\.curriculum\[\d\]=.*{why}"):
-      jerp.validate(c)
+  c.jerp.curriculum = ("2: max_stepz=5",)
+  with pytest.raises(ValueError, match=r"^jerp\.curriculum\[0\]='2: max_stepz=5': expected"):
+    jerp.validate(c)
 
 
 def test_bad_mode_and_missing_adapters_fail_early():

@@ -6,15 +6,13 @@ observation, admissible actions: `agent.prompt`), samples all of them in one cal
 retrieved once per task at reset, so the G copies of a task see the same rules, unless
 `agent.retrieve_every_step` asks for a retrieval before each turn with the observation added to
 the query. `ExpertPolicy` answers the environment's own expert action (ALFWorld's walkthrough and
-planner, WebShop's oracle). `DemoPolicy` writes the expert's actions as the model's answers to its
-own prompts: demonstrations for the warm start.
+planner, WebShop's oracle); `rl.clone.DemoPolicy` writes them as the model's own answers.
 
 This module never steps an environment, trains or edits rules.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Callable, Sequence
 
@@ -129,37 +127,3 @@ class ExpertPolicy:
       action = e.latest.expert_action
       out.append(None if action is None else Turn(e.latest.observation, action, action, True))
     return out
-
-
-class DemoPolicy(ModelPolicy):
-  """The expert's actions written as the model's answers to its own prompts (pool made with
-  `expert=True`): demonstrations for the warm start, in exactly the context the model is trained
-  and sampled in. An answer is `<tag>action</tag>` less the response prefix already in the
-  prompt; its log-probs are zeros (nothing was sampled)."""
-
-  def __init__(self, tokenizer, agent_cfg, actions_cfg, max_prompt_tokens: int):
-    super().__init__(self._answer, tokenizer, agent_cfg, actions_cfg, max_prompt_tokens)
-    self._actions: list[str] = []
-
-  def act(self, episodes: Sequence[Episode], seed: int) -> list[Turn | None]:
-    known = [e for e in episodes if e.latest.expert_action is not None]
-    self._actions = [e.latest.expert_action for e in known]
-    turns = iter(super().act(known, seed) if known else [])
-    return [next(turns) if e.latest.expert_action is not None else None for e in episodes]
-
-  def _answer(self, prompts, seed):
-    tag = self.actions_cfg.tag
-    out = []
-    for action in self._actions:
-      text = f"<{tag}>{action}</{tag}>"
-      text = text[len(self.prefix) :] if text.startswith(self.prefix) else text
-      ids = self.tokenizer.encode(text)
-      out.append(_Answer(ids, [0.0] * len(ids), text))
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class _Answer:
-  token_ids: list[int]
-  logprobs: list[float]
-  text: str
