@@ -22,10 +22,11 @@ from jerp_jax.agent import prompt as prompt_lib
 from jerp_jax.envs import actions as actions_lib
 from jerp_jax.episodes import Episode, Turn
 from jerp_jax.rules.prompt import RuleBlock
+from jerp_jax.sampling import grammar
 
-# prompts (token ids) and a seed -> one Completion-like object per prompt, with .token_ids,
-# .logprobs and .text (jerp_jax.sampling.sampler.Completion).
-GenerateFn = Callable[[Sequence[Sequence[int]], int], Sequence]
+# prompts (token ids), a seed and optionally one grammar per prompt -> one Completion-like object
+# per prompt, with .token_ids, .logprobs and .text (jerp_jax.sampling.sampler.Completion).
+GenerateFn = Callable[..., Sequence]
 # (task types, query texts) -> one RuleBlock per query.
 RulesFn = Callable[[Sequence[str], Sequence[str]], Sequence[RuleBlock]]
 
@@ -92,7 +93,10 @@ class ModelPolicy:
       for e in episodes
     ]
     start = time.time()
-    completions = self.generate(prompts, seed)
+    if c.admissible_only:
+      completions = self.generate(prompts, seed, self._choices(episodes))
+    else:
+      completions = self.generate(prompts, seed)
     self.seconds += time.time() - start
     self.tokens += sum(len(x.token_ids) for x in completions)
     a = self.actions_cfg
@@ -113,6 +117,16 @@ class ModelPolicy:
         )
       )
     return turns
+
+  def _choices(self, episodes: Sequence[Episode]) -> list[grammar.Choices]:
+    """Per episode, the trie of its admissible answers (one object per distinct list)."""
+    tag, tries = self.actions_cfg.tag, {}
+    for e in episodes:
+      key = tuple(e.latest.admissible or ())
+      if key not in tries:
+        answers = [f"<{tag}>{a}</{tag}>"[len(self.prefix) :] for a in key]
+        tries[key] = grammar.choice_tables([self.tokenizer.encode(x) for x in answers])
+    return [tries[tuple(e.latest.admissible or ())] for e in episodes]
 
 
 class ExpertPolicy:

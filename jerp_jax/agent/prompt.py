@@ -49,6 +49,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Text the assistant's answer starts with, written into the prompt (so not trained): e.g.
   # '<{tag}>' makes a small model answer with an action straight away. '' : none.
   c.response_prefix = ""
+  # True: the answer is decoded under the turn's admissible actions (a trie of their tokens,
+  # `sampling.grammar.Choices`), so it is '<tag>ACTION</tag>' for one of them and nothing else:
+  # for a model too small to copy an action from the list. response_prefix must then be '' or
+  # the start of '<tag>'.
+  c.admissible_only = False
   # Rules are retrieved once per episode at reset (the paper's choice); True: before every turn,
   # with the current observation added to the query (matters for similarity retrieval only).
   c.retrieve_every_step = False
@@ -67,6 +72,8 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "agent") -> None
     fail("answer_format", "a text naming the action tag as {tag}")
   if not isinstance(c.response_prefix, str):
     fail("response_prefix", "a string ('' for none)")
+  if c.admissible_only and not "<{tag}>".startswith(c.response_prefix):
+    fail("response_prefix", "'' or the start of '<{tag}>' with agent.admissible_only")
 
 
 def cut(text: str, n: int) -> str:

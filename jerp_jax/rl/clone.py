@@ -38,7 +38,7 @@ class DemoPolicy(ModelPolicy):
     turns = iter(super().act(known, seed) if known else [])
     return [next(turns) if e.latest.expert_action is not None else None for e in episodes]
 
-  def _answer(self, prompts, seed):
+  def _answer(self, prompts, seed, grammar=None):  # the answers are known: no grammar
     tag, out = self.actions_cfg.tag, []
     for action in self._actions:
       text = f"<{tag}>{action}</{tag}>"

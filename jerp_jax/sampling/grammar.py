@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import outlines_core
 
+from jerp_jax.parallel import buckets
+
 # A dense table beyond this is refused: S * V int32 entries on the device for every automaton.
 MAX_TABLE_BYTES = 256 << 20
 UNBOUNDED = 1 << 30  # a counter limit that never binds
@@ -460,6 +462,8 @@ def allowed(g: DeviceTables, r: RowState, left: jax.Array, eos_ids: Sequence[int
   their bounds, and leave a final state within reach; EOS is allowed in final states, and is the
   only choice of a row that has none other (it ends there).
   """
+  if isinstance(g, DeviceChoices):
+    return _with_eos(_choices_allowed(g, r, left), g.final[r.state], eos_ids)
   nxt = g.next_state[r.state]  # [B, V]
   m = g.max_segment[:, None]
   now, then = g.bounded[r.state][:, None], g.bounded[jnp.maximum(nxt, 0)]  # [B, 1], [B, V]
@@ -474,11 +478,23 @@ def allowed(g: DeviceTables, r: RowState, left: jax.Array, eos_ids: Sequence[int
   lines = r.newlines[:, None] + g.token_newlines[None] < g.max_lines[:, None]
   ok = (nxt >= 0) & jnp.where(g.token_seps[None] > 0, new_segment, same_segment) & lines
   ok &= g.to_final[jnp.maximum(nxt, 0)] <= left
+  return _with_eos(ok, g.final[r.state], eos_ids)
+
+
+def _with_eos(ok: jax.Array, final: jax.Array, eos_ids: Sequence[int]) -> jax.Array:
   eos_ids = [e for e in eos_ids if 0 <= e < ok.shape[1]]  # benchmarks pass -1: rows never end
   if not eos_ids:
     return ok
-  eos = g.final[r.state] | ~ok.any(axis=-1)
+  eos = final | ~ok.any(axis=-1)
   return ok.at[:, jnp.asarray(eos_ids)].set(eos[:, None])
+
+
+def _choices_allowed(g: DeviceChoices, r: RowState, left: jax.Array) -> jax.Array:
+  tok, nxt = g.child_token[r.state], g.child_next[r.state]  # [B, K]
+  fits = (tok >= 0) & (g.to_final[nxt] <= left)
+  rows = jnp.arange(tok.shape[0])[:, None]
+  hits = jnp.zeros((tok.shape[0], g.vocab_size), jnp.int32)
+  return hits.at[rows, jnp.maximum(tok, 0)].add(fits.astype(jnp.int32)) > 0
 
 
 def mask_logits(logits_bv: jax.Array, ok_bv: jax.Array) -> jax.Array:
@@ -490,6 +506,10 @@ def mask_logits(logits_bv: jax.Array, ok_bv: jax.Array) -> jax.Array:
 
 def advance(g: DeviceTables, r: RowState, tokens: jax.Array, live: jax.Array) -> RowState:
   """The rows' states after writing `tokens` [B]; rows not `live` (or ending with EOS) stay."""
+  if isinstance(g, DeviceChoices):
+    hit = g.child_token[r.state] == tokens[:, None]  # [B, K]: at most one child per token
+    nxt = jnp.where(hit.any(-1), jnp.sum(jnp.where(hit, g.child_next[r.state], 0), -1), -1)
+    return r.replace(state=jnp.where(live & (nxt >= 0), nxt, r.state))
   nxt = g.next_state[r.state, tokens]
   moved = live & (nxt >= 0)
   segment = jnp.where(
@@ -500,3 +520,92 @@ def advance(g: DeviceTables, r: RowState, tokens: jax.Array, live: jax.Array) ->
     jnp.where(moved, segment, r.segment),
     jnp.where(moved, r.newlines + g.token_newlines[tokens], r.newlines),
   )
+
+
+# --- a choice among token sequences (sparse) ----------------------------------------------------
+#
+# Choosing one of a turn's admissible actions is a tiny grammar per row (20 actions, ~150 trie
+# nodes) that changes every turn: a dense [S, V] table would be 30 MB per row and outlines would
+# rebuild an index per turn. A trie keeps each node's few children instead, [S, K].
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Choices:
+  """A trie of token sequences: the row writes exactly one of them, then ends."""
+
+  child_token: np.ndarray  # [S, K] int32: the tokens leaving each node (-1: none)
+  child_next: np.ndarray  # [S, K] int32: the node each leads to
+  final: np.ndarray  # [S] bool: a whole sequence ends here
+  to_final: np.ndarray  # [S] int32: fewest tokens from the node to a sequence's end
+
+  @property
+  def states(self) -> int:
+    return self.child_token.shape[0]
+
+
+def choice_tables(sequences: Sequence[Sequence[int]]) -> Choices:
+  """The trie of `sequences` (token ids; node 0 the root). No sequence: only the root, final, so
+  the row ends at once."""
+  children: list[dict[int, int]] = [{}]
+  final = [not sequences]
+  for seq in sequences:
+    node = 0
+    for token in seq:
+      if token not in children[node]:
+        children[node][token] = len(children)
+        children.append({})
+        final.append(False)
+      node = children[node][token]
+    final[node] = True
+  k = max(1, max(len(c) for c in children))
+  child_token = np.full((len(children), k), -1, np.int32)
+  child_next = np.zeros((len(children), k), np.int32)
+  for s, c in enumerate(children):
+    child_token[s, : len(c)] = list(c)
+    child_next[s, : len(c)] = list(c.values())
+  to_final = np.full(len(children), UNBOUNDED, np.int32)
+  for s in reversed(range(len(children))):  # children are numbered after their parents
+    below = [to_final[n] + 1 for n in children[s].values()]
+    to_final[s] = 0 if final[s] else min(below, default=UNBOUNDED)
+  return Choices(child_token, child_next, np.asarray(final), to_final)
+
+
+@flax.struct.dataclass
+class DeviceChoices:
+  """The tries of one batch on the device: rows' nodes concatenated, offset like DeviceTables."""
+
+  child_token: jax.Array  # [S, K] int32
+  child_next: jax.Array  # [S, K] int32
+  final: jax.Array  # [S] bool
+  to_final: jax.Array  # [S] int32
+  initial: jax.Array  # [B] int32
+  vocab_size: int = flax.struct.field(pytree_node=False, default=0)
+
+
+def stack_choices(choices: Sequence[Choices], rows: int, vocab_size: int) -> dict:
+  """Host arrays of DeviceChoices for `rows` rows (filler rows: choices[0]). Nodes and children
+  are padded to powers of two (at least 256 and 16): the tries change every turn, and each new
+  shape would compile the sampler's programs again."""
+  distinct: list[Choices] = []
+  for c in choices:
+    if not any(c is d for d in distinct):
+      distinct.append(c)
+  offsets = np.cumsum([0] + [c.states for c in distinct])
+  total = buckets.bucket(int(offsets[-1]), buckets.POW2, 256)
+  k = buckets.bucket(max(c.child_token.shape[1] for c in distinct), buckets.POW2, 16)
+  child_token = np.full((total, k), -1, np.int32)
+  child_next = np.zeros((total, k), np.int32)
+  final = np.zeros(total, bool)
+  to_final = np.full(total, UNBOUNDED, np.int32)
+  for c, o in zip(distinct, offsets):
+    width = c.child_token.shape[1]
+    child_token[o : o + c.states, :width] = c.child_token
+    child_next[o : o + c.states, :width] = c.child_next + o
+    final[o : o + c.states], to_final[o : o + c.states] = c.final, c.to_final
+  if int(child_token.max(initial=-1)) >= vocab_size:
+    raise ValueError(f"a choice holds a token id >= the model's vocab_size={vocab_size}")
+  which = [next(i for i, d in enumerate(distinct) if d is c) for c in choices]
+  which += [0] * (rows - len(choices))
+  initial = np.asarray([offsets[i] for i in which], np.int32)
+  return dict(child_token=child_token, child_next=child_next, final=final, to_final=to_final,
+              initial=initial)  # fmt: skip

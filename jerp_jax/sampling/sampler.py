@@ -16,11 +16,12 @@ positions carrying on after its head. Attention skips the gap between, so the lo
 a full prefill up to the order of float sums.
 
 Each sampled token comes with its log-probability under the distribution it was drawn from before
-top-k/top-p truncation: log_softmax(logits / temperature), or log_softmax(logits) when greedy.
+top-k/top-p truncation and any grammar's mask: log_softmax(logits / temperature), or log_softmax(logits) when greedy.
 The learner recomputes exactly this from a full forward pass (tests check they agree).
 
 A row may be decoded under a grammar (sampling/grammar.py: one automaton per row, its tables
-stacked for the batch): its logits are masked to the tokens the automaton allows and its state
+stacked for the batch; or a trie of token sequences, such as a turn's admissible actions): its
+logits are masked to the tokens the automaton allows and its state
 moves with each sampled token, inside the same jitted loop. Without one (grammar=None) the state
 carries no grammar leaves and the programs are those of plain sampling.
 
@@ -236,9 +237,13 @@ def gather_blocks(pool_x: jax.Array, table: jax.Array) -> jax.Array:
   return x.reshape(x.shape[: lead + 2] + (-1, x.shape[-1]))
 
 
-def _shape(grammar: grammar_lib.DeviceTables | None) -> tuple:
-  """What of a grammar makes a new program: its table's shape."""
-  return () if grammar is None else (("grammar",) + grammar.next_state.shape,)
+def _shape(grammar) -> tuple:
+  """What of a grammar makes a new program: its kind and its table's shape."""
+  if grammar is None:
+    return ()
+  table = getattr(grammar, "next_state", None)
+  table = grammar.child_token if table is None else table
+  return ((type(grammar).__name__,) + table.shape,)
 
 
 # --- the sampler --------------------------------------------------------------------------------
@@ -444,15 +449,18 @@ class Sampler:
     """(token, log-prob, automaton states) per row: sampled among the tokens the rows' automata
     allow with `left` tokens to come, which then move on with it (live rows only); without a
     grammar, plain sampling."""
-    if grammar is not None:
-      ok = grammar_lib.allowed(grammar, rows, left, self.eos_ids)
-      logits_bv = grammar_lib.mask_logits(logits_bv, ok)
-    token, logp = sample_logits(
-      logits_bv, key, temperature, greedy=greedy, top_k=top_k, top_p=top_p
-    )
-    if grammar is not None:
-      rows = grammar_lib.advance(grammar, rows, token, live)
-    return token, logp, rows
+    if grammar is None:
+      token, logp = sample_logits(
+        logits_bv, key, temperature, greedy=greedy, top_k=top_k, top_p=top_p
+      )
+      return token, logp, rows
+    ok = grammar_lib.allowed(grammar, rows, left, self.eos_ids)
+    masked = grammar_lib.mask_logits(logits_bv, ok)
+    token, _ = sample_logits(masked, key, temperature, greedy=greedy, top_k=top_k, top_p=top_p)
+    # The log-prob is the model's own (as under top_k/top_p): what the learner computes again.
+    scaled = logits_bv.astype(jnp.float32) / (1.0 if greedy else temperature)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None], axis=-1)[:, 0]
+    return token, logp, grammar_lib.advance(grammar, rows, token, live)
 
   @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6), donate_argnums=(2,))
   def _decode(
@@ -614,15 +622,22 @@ class Sampler:
     self._programs.add(key)
     return self._decode(variables, state, steps, *static, self._temperature(params), grammar)
 
-  def device_tables(
-    self, tables: Sequence[grammar_lib.Tables], rows: int
-  ) -> grammar_lib.DeviceTables:
-    """The rows' automata on the device: per-row arrays split like rows, tables replicated."""
-    host = grammar_lib.stack_tables(tables, rows, self.model.args.vocab_size)
+  def device_tables(self, tables: Sequence, rows: int):
+    """The rows' automata on the device (grammar.Tables -> DeviceTables, grammar.Choices ->
+    DeviceChoices): per-row arrays split like rows, tables replicated."""
+    v = self.model.args.vocab_size
+    if all(isinstance(t, grammar_lib.Choices) for t in tables):
+      host, kind = grammar_lib.stack_choices(tables, rows, v), grammar_lib.DeviceChoices
+      extra = {"vocab_size": v}
+    elif all(isinstance(t, grammar_lib.Tables) for t in tables):
+      host, kind, extra = grammar_lib.stack_tables(tables, rows, v), grammar_lib.DeviceTables, {}
+    else:
+      raise TypeError("grammar: expected all grammar.Tables or all grammar.Choices, one per row")
     per_row = ("initial", "max_segment", "max_lines")
     whole = mesh_lib.sharding(self.mesh, ())
-    return grammar_lib.DeviceTables(
-      **{k: jax.device_put(x, self._row if k in per_row else whole) for k, x in host.items()}
+    return kind(
+      **{k: jax.device_put(x, self._row if k in per_row else whole) for k, x in host.items()},
+      **extra,
     )
 
   def _prefill_rows(
@@ -727,9 +742,9 @@ class Sampler:
     share or that an earlier call prefilled are not prefilled again; the tokens and log-probs are
     those of a full prefill up to float rounding.
 
-    With `grammar` (one grammar.Tables per prompt), each row writes only what its automaton
-    allows and stops in a final state (sampling/grammar.py); its log-probs are those of the
-    masked distribution it was drawn from.
+    With `grammar` (one grammar.Tables or grammar.Choices per prompt), each row writes only what
+    its automaton allows and stops in a final state (sampling/grammar.py); its log-probs are the
+    model's own, before the mask (as under top_k/top_p): what the learner computes again.
     """
     if not isinstance(params, SamplingParams):
       raise TypeError(f"params={params!r}: expected a SamplingParams")

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from jerp_jax import episodes
@@ -10,6 +11,7 @@ from jerp_jax.envs import actions
 from jerp_jax.envs import pool as pool_lib
 from jerp_jax.envs import base
 from jerp_jax.rules.prompt import RuleBlock
+from jerp_jax.sampling import grammar as grammar_lib
 from tests.envs import fake_env
 
 
@@ -130,3 +132,41 @@ def test_response_prefix_starts_the_answer_in_the_prompt(pool):
   assert "".join(map(chr, turn.prompt_ids)).endswith("</action>.<action>")
   assert (turn.text, turn.action, turn.valid) == ("<action>win</action>", "win", True)
   assert trajs[0].won and not trajs[2].won
+
+
+def test_admissible_only_hands_the_sampler_one_trie_per_admissible_list(pool):
+  seen = []
+
+  def generate(prompts, seed, grammar=None):
+    seen.append(grammar)
+    # Writes the trie's first sequence: the first admissible action, closed.
+    out = []
+    for g in grammar:
+      ids, node = [], 0
+      while not g.final[node]:
+        ids.append(int(g.child_token[node, 0]))
+        node = int(g.child_next[node, 0])
+      out.append(Completion(ids, [0.0] * len(ids), "".join(map(chr, ids))))
+    return out
+
+  tasks = [base.Task("fake", "train", "t0", "fake", {})]
+  c = prompt.get_config()
+  c.response_prefix, c.admissible_only = "<{tag}>", True
+  p = policy.ModelPolicy(generate, CharTokenizer(), c, actions.get_config(), 4000)
+  (e, f) = episodes.play(pool, p, tasks, group_size=2, seed=7)
+  # The prefix '<action>' is in the prompt; each answer is 'ACTION</action>' for an admissible one.
+  want = grammar_lib.choice_tables([[ord(ch) for ch in f"{a}</action>"] for a in ("go", "win")])
+  g0, g1 = seen[0]
+  assert g0 is g1  # the group's copies share one trie (one admissible list)
+  np.testing.assert_array_equal(g0.child_token, want.child_token)
+  np.testing.assert_array_equal(g0.final, want.final)
+  assert [(t.text, t.action, t.valid) for t in e.turns][0] == ("<action>go</action>", "go", True)
+
+
+def test_admissible_only_needs_a_prefix_of_the_opening_tag():
+  c = prompt.get_config()
+  c.admissible_only, c.response_prefix = True, "<think>"
+  with pytest.raises(
+    ValueError, match=r"agent.response_prefix='<think>': expected '' or the start"
+  ):
+    prompt.validate_config(c)

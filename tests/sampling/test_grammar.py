@@ -270,3 +270,55 @@ def test_grammar_with_stop_strings_and_a_shared_prefix(tiny):
     text = text_of(lm.tokenizer, c.token_ids)
     check_answer(GRAMMARS[0], text.split("\n")[0], 20, tables[0])
   assert sampler.stats["shared_heads"] >= 1
+
+
+# --- a choice among token sequences ---------------------------------------------------------------
+
+
+def test_choice_tables_are_the_trie_of_the_sequences():
+  c = grammar_lib.choice_tables([[5, 6, 7], [5, 8], [9]])
+  # Nodes in insertion order: root, 5, 5-6, 5-6-7, 5-8, 9.
+  np.testing.assert_array_equal(c.child_token, [[5, 9], [6, 8], [7, -1], [-1, -1], [-1, -1],
+                                                [-1, -1]])  # fmt: skip
+  np.testing.assert_array_equal(c.child_next[:3], [[1, 5], [2, 4], [3, 0]])
+  np.testing.assert_array_equal(c.final, [False, False, False, True, True, True])
+  np.testing.assert_array_equal(c.to_final, [1, 1, 1, 0, 0, 0])
+  empty = grammar_lib.choice_tables([])
+  assert empty.final.tolist() == [True] and empty.child_token.tolist() == [[-1]]
+
+
+CHOICES = [[[40, 41, 42, 43], [40, 44], [45]], [[46, 47, 48], [49, 50]]]
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+  seed=st.integers(0, 1000),
+  params=st.sampled_from(
+    [
+      SamplingParams(6, temperature=1.0),
+      SamplingParams(6, temperature=0.0),
+      SamplingParams(2, temperature=1.5, top_k=40),
+      SamplingParams(6, temperature=1.0, top_p=0.9),
+    ]
+  ),
+)
+def test_sampler_under_choices_writes_one_of_them_with_the_models_logprobs(tiny, seed, params):
+  lm, sampler, _ = tiny
+  prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+  tries = [grammar_lib.choice_tables(c) for c in CHOICES]
+  which = [0, 1, 1, 0]
+  out = sampler.generate(
+    lm.variables, prompts, params, seed=seed, grammar=[tries[i] for i in which]
+  )
+  for c, i in zip(out, which):
+    ids = [t for t in c.token_ids if t not in lm.tokenizer.eos_ids]
+    fitting = [s for s in CHOICES[i] if len(s) <= params.max_new_tokens]
+    assert ids in fitting, (ids, fitting)
+    # The model's own log-probs (before the mask), as the learner computes them.
+    seq = c.prompt_ids + c.token_ids
+    logits, _ = lm.model.apply(lm.variables, jnp.asarray([seq]), jnp.arange(len(seq))[None])
+    scale = params.temperature or 1.0
+    logp = jax.nn.log_softmax(logits[0].astype(jnp.float32) / scale, axis=-1)
+    start = len(c.prompt_ids) - 1
+    want = [logp[start + j, t] for j, t in enumerate(c.token_ids)]
+    np.testing.assert_allclose(c.logprobs, want, atol=1e-4)
