@@ -43,6 +43,7 @@ def run(mode: str, seed: int, args, overrides: list[str]) -> dict:
     f"--config.jerp.mode={mode}",
     f"--config.seed={seed}",
     *([f"--config.jerp.epochs={args.epochs}"] if args.epochs else []),
+    "--config.jerp.warm_start.evaluate=True",  # ignored without a warm start
     *overrides,
   ]
   start = time.time()
@@ -50,7 +51,9 @@ def run(mode: str, seed: int, args, overrides: list[str]) -> dict:
   subprocess.run(cmd, cwd=ROOT, check=True)
   records = reports.read_metrics(workdir)
   evals = [r["eval"] for r in records if "eval" in r]
-  first, last = evals[0], evals[-1]
+  # Before RL: after the warm start when the run has one (and evaluated it), else the first.
+  first = next((e for e in evals if e.get("after_warm_start")), evals[0])
+  last = evals[-1]
   rules = os.path.join(workdir, "rules.json")
   return {
     "mode": mode,

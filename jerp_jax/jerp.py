@@ -90,6 +90,9 @@ def get_config() -> ml_collections.ConfigDict:
   w.batch_size = 8  # demonstrated turns per step, drawn at random
   w.lr = 1e-4
   w.target_loss = 0.0  # stop early once a step's loss (NLL per token) is at or below; 0: off
+  # Evaluate again after it (an epoch-0 record marked `after_warm_start`): RL's own gain is
+  # measured from there (benchmarks/learning.py). Off by default: an evaluation costs time.
+  w.evaluate = False
   # Difficulty that rises over epochs: stages 'EPOCH: FIELD=VALUE ...' of env fields, each in
   # force from its epoch on (see `curriculum`), e.g. ('4: generated.max_receptacles=8',).
   c.curriculum = ()
@@ -119,6 +122,8 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "jerp") -> None:
     w("lr", "a positive number")
   if c.warm_start.target_loss < 0:
     w("target_loss", ">= 0 (0: off)")
+  if not isinstance(c.warm_start.evaluate, bool):
+    w("evaluate", "True or False")
 
 
 def validate(config: ml_collections.ConfigDict, train: bool = True) -> None:
@@ -291,15 +296,17 @@ def model_policy(parts: Parts, state: RunState, temperature: float) -> policy_li
     params = dataclasses.replace(params, stop_strings=(f"</{c.actions.tag}>",))
   train = state.train
 
-  def generate(prompts, seed):
+  def generate(prompts, seed, grammar=None):
     # One batch of every process's prompts, laid out as one process holding all episodes would
     # lay it out: the same tokens are sampled whatever the number of processes.
-    return hosts.rows_of_all(
-      lambda rows: parts.sampler.generate(
-        train.variables, rows, params, seed=seed, version=train.version
-      ),
-      prompts,
-    )
+    def run(rows):
+      ids, g = zip(*rows) if rows else ((), ())
+      g = None if grammar is None else list(g)
+      return parts.sampler.generate(
+        train.variables, list(ids), params, seed=seed, version=train.version, grammar=g
+      )
+
+    return hosts.rows_of_all(run, list(zip(prompts, grammar or [None] * len(prompts))))
 
   rules = None
   if parts.use_rules:
@@ -520,11 +527,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           print(f"reference store seeded with {n} expert trajectories", flush=True)
       return stage
 
-    def evaluate_and_log(state: RunState) -> RunState:
+    def evaluate_and_log(state: RunState, **marks) -> RunState:
       start, s = time.time(), stage_for(state.epoch)
       seed = epoch_seed(state.rng, state.epoch, EVAL)
       figs, _ = evaluate(parts, state, s.pool, s.eval_tasks, seed)
-      figs = {"epoch": state.epoch, "split": eval_split(config), **figs}
+      figs = {"epoch": state.epoch, "split": eval_split(config), **marks, **figs}
       figs["seconds"] = time.time() - start
       writer.write({"epoch": state.epoch, "eval": figs})
       print(reports.eval_line(figs), flush=True)
@@ -540,13 +547,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       f"{c.tasks_per_epoch}×{c.group_size} episodes per epoch, workdir {workdir}",
       flush=True,
     )
+    if c.eval_at_start and not resumed:
+      state = evaluate_and_log(state)  # the untrained policy: the curve's first point
     if c.warm_start.steps and not resumed:
       state, record = warm_start(parts, state, first.env, first.train_tasks)
       writer.write({"epoch": 0, "warm_start": record})
       print(reports.warm_start_line(record), flush=True)
-    if c.eval_at_start and not resumed:
-      state = evaluate_and_log(state)
-    if c.warm_start.steps and not resumed:
+      if c.warm_start.evaluate:
+        state = evaluate_and_log(state, after_warm_start=True)
       state_lib.save(ckpt, state, key)  # the warm start is not repeated on resume
     while state.epoch < c.epochs:
       s = stage_for(state.epoch + 1)

@@ -58,8 +58,9 @@ def print_figures(figures: dict, header: str) -> None:
 
 
 def eval_line(figs: dict[str, Any]) -> str:
+  after = " after the warm start" if figs.get("after_warm_start") else ""
   return (
-    f"eval  epoch {figs['epoch']:3d}  {figs['split']}: success {figs['success']:.3f}  "
+    f"eval  epoch {figs['epoch']:3d}{after}  {figs['split']}: success {figs['success']:.3f}  "
     f"score {figs['score']:.3f}  invalid {figs['invalid_rate']:.3f}  "
     f"length {figs['mean_length']:.1f}  ({figs['episodes']} episodes, {figs['seconds']:.0f}s)"
   )

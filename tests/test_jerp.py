@@ -400,9 +400,15 @@ def test_baselines_without_policy_updates(tmp_path, cache_dir, mode):
   workdir = str(tmp_path / mode)
   # rules_only starts from the warm start as the RL modes would: its cloned adapters are saved.
   warm = ("--config.jerp.warm_start.steps=2",) if mode == "rules_only" else ()
+  warm += ("--config.jerp.warm_start.evaluate=True",)  # no warm start (react): no second eval
   r = run_main(workdir, cache_dir, f"--config.jerp.mode={mode}", "--config.jerp.epochs=1", *warm)
   assert f"JERP mode={mode}" in r.stdout and "frozen policy" in r.stdout
+  warm = warm[:-1]
   assert ("warm start: 2 steps" in r.stdout) == bool(warm)
+  # The untrained policy first, then (with a warm start) the cloned one, then the trained one.
+  evals = [x["eval"] for x in read_metrics(workdir) if "eval" in x]
+  marks = [(e["epoch"], e.get("after_warm_start", False)) for e in evals]
+  assert marks == ([(0, False), (0, True), (1, False)] if warm else [(0, False), (1, False)])
   (record,) = [x for x in read_metrics(workdir) if "train" in x]
   assert "update" not in record
   assert ("rules" in record) == (mode == "rules_only")  # react: no rules at all
@@ -411,7 +417,7 @@ def test_baselines_without_policy_updates(tmp_path, cache_dir, mode):
   assert set(arrays) == ({"rng", "trainable"} if warm else {"rng"})
   if warm:
     with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
-      assert ckpt.all_steps() == [0, 1]  # the warm start's own checkpoint, after the first eval
+      assert ckpt.all_steps() == [0, 1]  # the warm start's own checkpoint
       assert ckpt.read_host(1)["version"] == 1
   # The same folder cannot silently continue as another method.
   r = subprocess.run(
