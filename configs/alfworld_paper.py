@@ -14,6 +14,7 @@ import ml_collections
 
 from configs import default
 from jerp_jax.agent import prompt
+from jerp_jax.envs import alfworld
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -25,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.lora.alpha = 64.0
   c.sampling.max_new_tokens = 512
   c.sampling.temperature = 1.0
+  c.env = alfworld.get_config()  # ALFWorld's six task types, full-size rooms
   c.env.max_steps = 50
   c.env.generated.num_train = 3553  # the size of ALFWorld's train split, when generating
   c.env.generated.num_eval_in_distribution = 140
@@ -50,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.jerp.tasks_per_epoch = 32
   c.jerp.group_size = 8
   c.jerp.max_update_turns = 0
+  c.jerp.warm_start.steps = 0  # the paper starts RL from the instruct model
   c.jerp.eval_limit = 0
   c.jerp.eval_every = 10
   return c

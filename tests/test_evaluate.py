@@ -50,13 +50,24 @@ def test_unknown_split_is_a_clear_error():
   assert "--split='nope' is not a split of webshop; expected one of" in out.stderr
 
 
+# ALFWorld as it is: the six task types in full-size rooms (the default plays easy rooms of one type).
+ALL_TYPES = "--config.env.task_types=(1,2,3,4,5,6)"
+FULL_ROOMS = (
+  ALL_TYPES,
+  "--config.env.generated.max_receptacles=30",
+  "--config.env.generated.min_distractors=8",
+  "--config.env.generated.max_distractors=25",
+)
+
+
 def test_alfworld_expert_wins_all_300_shared_games_through_the_pool(shared_dir):
   figures, _ = run_cli(
     "--config=configs/default.py",
     "--policy=expert",
     "--split=train",
     f"--config.env.data_dir={shared_dir / 'alfworld'}",
-    "--config.env.max_steps=50",  # ALFWorld's limit; the default's 8 is the CPU training budget
+    ALL_TYPES,
+    "--config.env.max_steps=50",  # ALFWorld's limit; the default's 10 is the CPU training budget
   )
   assert figures["episodes"] == 300 and figures["faults"] == 0
   assert figures["success"] == 1.0
@@ -77,7 +88,8 @@ def test_alfworld_expert_wins_generated_games_of_every_type(tmp_path):
     "--split=eval_out_of_distribution",
     f"--config.env.generated.cache_dir={tmp_path}",
     "--config.env.generated.num_eval_out_of_distribution=12",
-    "--config.env.max_steps=50",  # ALFWorld's limit; the default's 8 is the CPU training budget
+    *FULL_ROOMS,
+    "--config.env.max_steps=50",  # ALFWorld's limit; the default's 10 is the CPU training budget
   )
   assert figures["episodes"] == 12 and figures["faults"] == 0
   assert figures["success"] == 1.0
