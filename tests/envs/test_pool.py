@@ -167,8 +167,10 @@ SCRIPT = textwrap.dedent("""
     pool.reset([base.Task("fake", "train", "a", "fake", {"sleep_s": 30})] * 2)
     print(" ".join(str(w.process.pid) for w in pool._workers), flush=True)
     if sys.argv[1] == "sigint":
-      signal.alarm(1)
+      # The handler first: an alarm that fired before it (a loaded machine can stall this
+      # process for a second) would end the process silently, by SIGALRM's default action.
       signal.signal(signal.SIGALRM, lambda *a: os.kill(os.getpid(), signal.SIGINT))
+      signal.alarm(1)
     pool.step(["go", "go"])
 """)
 
@@ -191,5 +193,5 @@ def test_no_orphan_workers(how, tmp_path):
     proc.kill()
   _, err = proc.communicate(timeout=120)  # generous: a loaded CI machine is slow to unwind
   if how == "sigint":
-    assert "KeyboardInterrupt" in err
+    assert "KeyboardInterrupt" in err, (proc.returncode, err)
   assert _wait_gone(pids) == []
