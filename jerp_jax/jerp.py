@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 import time
 from typing import Any, NamedTuple, Sequence
@@ -55,8 +54,6 @@ from jerp_jax.rules.records import EXPERT
 from jerp_jax.rules.reference import ReferenceStore
 from jerp_jax.sampling import sampler as sampler_lib
 from jerp_jax.state import RuleState, RunState, TrainState
-
-EXPERT_MAX_STEPS = 50  # ALFWorld's episode limit: every expert walkthrough fits
 
 # mode -> (rules in the prompt and revised, policy updated)
 MODES = {
@@ -100,30 +97,17 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(c: ml_collections.ConfigDict, prefix: str = "jerp") -> None:
-  fail = functools.partial(checks.fail, c, prefix)
-
-  if c.mode not in MODES:
-    fail("mode", f"one of {tuple(MODES)}")
-  for field in ("epochs", "tasks_per_epoch", "group_size"):
-    if not isinstance(c[field], int) or c[field] < 1:
-      fail(field, "a positive integer")
-  for field in ("max_update_turns", "eval_limit", "eval_every"):
-    if not isinstance(c[field], int) or c[field] < 0:
-      fail(field, "an integer >= 0")
-  if c.eval_temperature < 0:
-    fail("eval_temperature", ">= 0 (0 means greedy)")
-  w = functools.partial(checks.fail, c.warm_start, f"{prefix}.warm_start")
-  for field in ("steps", "tasks"):
-    if not isinstance(c.warm_start[field], int) or c.warm_start[field] < 0:
-      w(field, "an integer >= 0")
-  if not isinstance(c.warm_start.batch_size, int) or c.warm_start.batch_size < 1:
-    w("batch_size", "a positive integer")
-  if c.warm_start.lr <= 0:
-    w("lr", "a positive number")
-  if c.warm_start.target_loss < 0:
-    w("target_loss", ">= 0 (0: off)")
-  if not isinstance(c.warm_start.evaluate, bool):
-    w("evaluate", "True or False")
+  count = checks.COUNT
+  checks.require(c, prefix, {
+    "mode": checks.one_of(MODES), "epochs": checks.POSITIVE_INT,
+    "tasks_per_epoch": checks.POSITIVE_INT, "group_size": checks.POSITIVE_INT,
+    "max_update_turns": count, "eval_limit": count, "eval_every": count,
+    "eval_temperature": checks.saying(checks.NON_NEGATIVE, ">= 0 (0 means greedy)"),
+  })  # fmt: skip
+  checks.require(c.warm_start, f"{prefix}.warm_start", {
+    "steps": count, "tasks": count, "batch_size": checks.POSITIVE_INT, "lr": checks.POSITIVE,
+    "target_loss": checks.saying(checks.NON_NEGATIVE, ">= 0 (0: off)"), "evaluate": checks.BOOL,
+  })  # fmt: skip
 
 
 def validate(config: ml_collections.ConfigDict, train: bool = True) -> None:
@@ -435,17 +419,9 @@ def evaluate(parts: Parts, state: RunState, pool, tasks, seed: int, desc: str = 
   return episodes_lib.figures(episodes, parts.env.TASK_TYPES), episodes
 
 
-def expert_env(env: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The env block for the expert: its demonstrations are not bound by the agent's (CPU-sized)
-  step budget."""
-  env = ml_collections.ConfigDict(env.to_dict())
-  env.max_steps = max(env.max_steps, EXPERT_MAX_STEPS)
-  return env
-
-
 def expert_references(env, pool_config, tasks) -> list:
   """The env's expert played once on each task, as episode records (its wins seed references)."""
-  with pool_lib.EnvPool(expert_env(env), pool_config, expert=True) as pool:
+  with pool_lib.EnvPool(registry.expert_env(env), pool_config, expert=True) as pool:
     played = play(pool, policy_lib.ExpertPolicy(), tasks, 1, 0, "expert")
   return [dataclasses.replace(e.record(), source=EXPERT) for e in played]
 
@@ -456,27 +432,19 @@ def warm_start(parts: Parts, state: RunState, env, train_tasks) -> tuple[RunStat
   c, w = parts.config, parts.config.jerp.warm_start
   start = time.time()
   demo = clone_lib.DemoPolicy(parts.tokenizer, c.agent, c.actions, parts.max_prompt_tokens)
-  with pool_lib.EnvPool(expert_env(env), c.pool, expert=True) as pool:
+  with pool_lib.EnvPool(registry.expert_env(env), c.pool, expert=True) as pool:
     demos = play(pool, demo, train_tasks[: w.tasks or None], 1, 0, "demonstrations")
-  samples = clone_lib.demonstrated_turns(demos)
-  if not samples:
-    raise ValueError("jerp.warm_start: the expert won no training task; nothing to clone")
-  variables, losses = clone_lib.clone(
-    parts.model, parts.mesh, state.train.variables, samples, c.rl.learner, w,
-    parts.tokenizer.pad_id, c.model.max_seq_len, epoch_seed(state.rng, 0, WARM_START),
-  )  # fmt: skip
-  record = {
-    "demonstrations": len(demos),
-    "won": sum(e.won for e in demos),
-    "turns": len(samples),
-    "steps": len(losses),
-    "loss_first": losses[0],
-    "loss_last": losses[-1],
-    "seconds": time.time() - start,
-  }
-  return state.replace(
-    train=state.train.replace(variables=variables, version=state.train.version + 1)
-  ), record
+  variables, record = clone_lib.warm_start(
+    parts.model,
+    parts.mesh,
+    state.train.variables,
+    demos,
+    c,
+    parts.tokenizer.pad_id,
+    epoch_seed(state.rng, 0, WARM_START),
+  )
+  train = state.train.replace(variables=variables, version=state.train.version + 1)
+  return state.replace(train=train), {**record, "seconds": time.time() - start}
 
 
 # --- the run --------------------------------------------------------------------------------------

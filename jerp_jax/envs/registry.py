@@ -16,6 +16,8 @@ import importlib
 import types
 from typing import Any, Mapping
 
+import ml_collections
+
 from jerp_jax.envs import base
 
 ENVS = {
@@ -43,3 +45,14 @@ def make_env(config: Mapping[str, Any]) -> base.TextEnv:
 
 def load_tasks(config, split: str) -> list[base.Task]:
   return env_module(config.name).load_tasks(config, split)
+
+
+EXPERT_MAX_STEPS = 50  # ALFWorld's episode limit: every expert walkthrough fits
+
+
+def expert_env(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The env block for the expert: its demonstrations are not bound by the agent's (CPU-sized)
+  step budget."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.max_steps = max(config.max_steps, EXPERT_MAX_STEPS)
+  return config

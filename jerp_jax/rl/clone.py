@@ -65,6 +65,28 @@ def demonstrated_turns(demos: Sequence[Episode]) -> list[batch_lib.TurnSample]:
   ]
 
 
+def warm_start(
+  model, mesh, variables, demos: Sequence[Episode], config: ml_collections.ConfigDict,
+  pad_id: int, seed: int,
+) -> tuple[dict, dict]:  # fmt: skip
+  """The warm start of a run (`config.jerp.warm_start`) from its expert demonstrations: the
+  cloned variables and a record of it."""
+  samples = demonstrated_turns(demos)
+  if not samples:
+    raise ValueError("jerp.warm_start: the expert won no training task; nothing to clone")
+  variables, losses = clone(
+    model, mesh, variables, samples, config.rl.learner, config.jerp.warm_start, pad_id,
+    config.model.max_seq_len, seed,
+  )  # fmt: skip
+  record = {"demonstrations": len(demos), "won": sum(e.won for e in demos), "turns": len(samples)}
+  return variables, {
+    **record,
+    "steps": len(losses),
+    "loss_first": losses[0],
+    "loss_last": losses[-1],
+  }
+
+
 def clone(
   model, mesh, variables, samples: Sequence[batch_lib.TurnSample],
   learner_cfg: ml_collections.ConfigDict, warm: ml_collections.ConfigDict, pad_id: int,

@@ -17,7 +17,6 @@ back as the very same arrays, so callers may keep them and whatever they cached 
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -64,41 +63,23 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _is_number(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
 def validate_config(c: ml_collections.ConfigDict, prefix: str = "rl.learner") -> None:
-  fail = functools.partial(checks.fail, c, prefix)
-
-  if c.train not in TRAIN_MODES:
-    fail("train", f"one of {TRAIN_MODES}")
-  if not _is_number(c.lr) or c.lr <= 0:
-    fail("lr", "a positive number")
-  for field in ("b1", "b2"):
-    if not _is_number(c[field]) or not 0 <= c[field] < 1:
-      fail(field, "a number in [0, 1)")
-  if not _is_number(c.eps) or c.eps <= 0:
-    fail("eps", "a positive number")
-  if not _is_number(c.weight_decay) or c.weight_decay < 0:
-    fail("weight_decay", "a non-negative number")
-  if not _is_number(c.max_grad_norm) or c.max_grad_norm < 0:
-    fail("max_grad_norm", "a positive number, or 0 for no clipping")
-  if not _is_int(c.micro_batch_size) or c.micro_batch_size < 1:
-    fail("micro_batch_size", "a positive integer")
-  if not _is_int(c.mini_batch_size) or c.mini_batch_size < 0:
-    fail("mini_batch_size", "a positive integer, or 0 for the whole batch in one step")
+  unit = ("a number in [0, 1)", lambda v: checks.is_number(v) and 0 <= v < 1)
+  checks.require(c, prefix, {
+    "train": checks.one_of(TRAIN_MODES), "lr": checks.POSITIVE, "b1": unit, "b2": unit,
+    "eps": checks.POSITIVE, "weight_decay": checks.NON_NEGATIVE,
+    "max_grad_norm": checks.saying(checks.NON_NEGATIVE, "a positive number, or 0 for no clipping"),
+    "micro_batch_size": checks.POSITIVE_INT,
+    "mini_batch_size": checks.saying(
+      checks.COUNT, "a positive integer, or 0 for the whole batch in one step"
+    ),
+    "ppo_epochs": checks.POSITIVE_INT,
+    "length_bucket": checks.saying(checks.COUNT, "a positive integer, or 0 for powers of two"),
+  })  # fmt: skip
   if c.mini_batch_size % c.micro_batch_size:
     # Every step sums whole micro-batches: a ragged last one would be a second compiled program.
-    fail("mini_batch_size", f"0 or a multiple of {prefix}.micro_batch_size={c.micro_batch_size}")
-  if not _is_int(c.ppo_epochs) or c.ppo_epochs < 1:
-    fail("ppo_epochs", "a positive integer")
-  if not _is_int(c.length_bucket) or c.length_bucket < 0:
-    fail("length_bucket", "a positive integer, or 0 for powers of two")
+    multiple = f"0 or a multiple of {prefix}.micro_batch_size={c.micro_batch_size}"
+    checks.fail(c, prefix, "mini_batch_size", multiple)
   losses.validate_config(c.loss, f"{prefix}.loss")
 
 
