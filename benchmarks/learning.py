@@ -4,10 +4,11 @@
         [--modes=grpo,jerp,rules_only,react] [--epochs=N] [--out=runs/learning]
         [any --config.FIELD=VALUE override, passed to every run]
 
-Runs `python -m jerp_jax.main` once per (mode, seed), each in its own workdir under --out, with
-the same config: the same task stream for a seed, the same warm start (if the config has one)
-and the same held-out evaluation games, evaluated greedily before RL (after any warm start) and
-after the last epoch. A finished run in --out is read again rather than retrained.
+Per seed, runs `python -m jerp_jax.main` once for the start (the config's warm start, if it has
+one, and an evaluation of it: "before RL") and once per mode from there
+(`jerp.warm_start.from_run`), each in its own workdir under --out, with the same config: the
+same task stream for a seed, the same warm start and the same held-out games, evaluated greedily
+before RL and after the last epoch. A finished run in --out is read again rather than retrained.
 
 Prints, per mode, held-out success before -> after as mean ± std over seeds, each seed's gain,
 and success per task type; draws the evaluation curves of every run as `--out/learning.png`;
@@ -32,33 +33,45 @@ from benchmarks.machine import cpu_name  # noqa: E402
 from jerp_jax import reports  # noqa: E402
 
 
-def run(mode: str, seed: int, args, overrides: list[str]) -> dict:
-  workdir = os.path.join(args.out, f"{mode}-seed{seed}")
-  cmd = [
-    sys.executable,
-    "-m",
-    "jerp_jax.main",
-    f"--config={args.config}",
-    f"--workdir={workdir}",
-    f"--config.jerp.mode={mode}",
-    f"--config.seed={seed}",
-    *([f"--config.jerp.epochs={args.epochs}"] if args.epochs else []),
-    "--config.jerp.warm_start.evaluate=True",  # ignored without a warm start
-    *overrides,
-  ]
-  start = time.time()
-  print(f"\n=== {mode} seed {seed}: {' '.join(cmd[2:])}", flush=True)
+def main_run(workdir: str, args, flags: list[str]) -> list[dict]:
+  """`python -m jerp_jax.main` in `workdir` (read again if it finished before); its records."""
+  cmd = [sys.executable, "-m", "jerp_jax.main", f"--config={args.config}", f"--workdir={workdir}"]
+  cmd += flags
+  print(f"\n=== {' '.join(cmd[2:])}", flush=True)
   subprocess.run(cmd, cwd=ROOT, check=True)
-  records = reports.read_metrics(workdir)
+  return reports.read_metrics(workdir)
+
+
+def shared_start(seed: int, args, overrides: list[str]) -> tuple[str | None, dict]:
+  """Where every mode of a seed starts: the config's warm start (if any) run once and shared, and
+  its evaluation, "before RL" for all. (The warm start's workdir or None, that evaluation.)"""
+  workdir = os.path.join(args.out, f"start-seed{seed}")
+  flags = [f"--config.seed={seed}", *overrides, "--config.jerp.epochs=0"]
+  flags += ["--config.jerp.warm_start.evaluate=True"]  # ignored without a warm start
+  evals = [r["eval"] for r in main_run(workdir, args, flags) if "eval" in r]
+  if not evals:
+    sys.exit("nothing to compare with: give the config a warm start or jerp.eval_at_start=True")
+  warm = os.path.isdir(os.path.join(workdir, "checkpoints", "0"))
+  return (workdir if warm else None), evals[-1]
+
+
+def run(mode: str, seed: int, args, overrides: list[str], warm: str | None, before: dict) -> dict:
+  workdir = os.path.join(args.out, f"{mode}-seed{seed}")
+  flags = [f"--config.jerp.mode={mode}", f"--config.seed={seed}"]
+  flags += [f"--config.jerp.epochs={args.epochs}"] if args.epochs else []
+  flags += overrides
+  flags += ["--config.jerp.eval_at_start=False", "--config.jerp.warm_start.evaluate=False"]
+  if warm:
+    flags += [f"--config.jerp.warm_start.from_run={warm}", "--config.jerp.warm_start.steps=0"]
+  t0 = time.time()
+  records = main_run(workdir, args, flags)
   evals = [r["eval"] for r in records if "eval" in r]
-  # Before RL: after the warm start when the run has one (and evaluated it), else the first.
-  first = next((e for e in evals if e.get("after_warm_start")), evals[0])
-  last = evals[-1]
+  first, last = before, evals[-1]
   rules = os.path.join(workdir, "rules.json")
   return {
     "mode": mode,
     "seed": seed,
-    "seconds": time.time() - start,
+    "seconds": time.time() - t0,
     "eval_episodes": last["episodes"],
     "success_before": first["success"],
     "success_after": last["success"],
@@ -67,7 +80,7 @@ def run(mode: str, seed: int, args, overrides: list[str]) -> dict:
     "by_type_after": last["success_by_type"],
     "invalid_before": first["invalid_rate"],
     "invalid_after": last["invalid_rate"],
-    "curve": [(e["epoch"], e["success"]) for e in evals],
+    "curve": [(e["epoch"], e["success"]) for e in (first, *evals)],
     "rules": len(json.load(open(rules))["rules"]) if os.path.exists(rules) else 0,
   }
 
@@ -112,7 +125,10 @@ def main() -> None:
     p.error(f"unknown arguments {bad}: only --config.FIELD=VALUE overrides pass through")
   modes, seeds = args.modes.split(","), [int(s) for s in args.seeds.split(",")]
   start = time.time()
-  results = [run(m, s, args, overrides) for s in seeds for m in modes]
+  results = []
+  for s in seeds:
+    warm, before = shared_start(s, args, overrides)
+    results += [run(m, s, args, overrides, warm, before) for m in modes]
   os.makedirs(args.out, exist_ok=True)
   plot(results, os.path.join(args.out, "learning.png"))
   summary: dict = {"seeds": seeds, "cpu": cpu_name(), "config": args.config}

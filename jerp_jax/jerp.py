@@ -87,6 +87,10 @@ def get_config() -> ml_collections.ConfigDict:
   w.batch_size = 8  # demonstrated turns per step, drawn at random
   w.lr = 1e-4
   w.target_loss = 0.0  # stop early once a step's loss (NLL per token) is at or below; 0: off
+  # Instead of cloning: the workdir of a run whose warm start (its epoch-0 checkpoint) this run
+  # starts from, so that several runs share one (benchmarks/learning.py); same config and seed,
+  # same state as cloning again.
+  w.from_run = ""
   # Evaluate again after it (an epoch-0 record marked `after_warm_start`): RL's own gain is
   # measured from there (benchmarks/learning.py). Off by default: an evaluation costs time.
   w.evaluate = False
@@ -99,7 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
 def validate_config(c: ml_collections.ConfigDict, prefix: str = "jerp") -> None:
   count = checks.COUNT
   checks.require(c, prefix, {
-    "mode": checks.one_of(MODES), "epochs": checks.POSITIVE_INT,
+    "mode": checks.one_of(MODES), "epochs": checks.saying(count, ">= 0 (0: the warm start only)"),
     "tasks_per_epoch": checks.POSITIVE_INT, "group_size": checks.POSITIVE_INT,
     "max_update_turns": count, "eval_limit": count, "eval_every": count,
     "eval_temperature": checks.saying(checks.NON_NEGATIVE, ">= 0 (0 means greedy)"),
@@ -107,7 +111,13 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "jerp") -> None:
   checks.require(c.warm_start, f"{prefix}.warm_start", {
     "steps": count, "tasks": count, "batch_size": checks.POSITIVE_INT, "lr": checks.POSITIVE,
     "target_loss": checks.saying(checks.NON_NEGATIVE, ">= 0 (0: off)"), "evaluate": checks.BOOL,
+    "from_run": (f"a workdir (not with {prefix}.warm_start.steps > 0)",
+                 lambda v: isinstance(v, str) and not (v and c.warm_start.steps)),
   })  # fmt: skip
+
+
+def warm_started(config: ml_collections.ConfigDict) -> bool:
+  return bool(config.jerp.warm_start.steps or config.jerp.warm_start.from_run)
 
 
 def validate(config: ml_collections.ConfigDict, train: bool = True) -> None:
@@ -133,7 +143,7 @@ def validate(config: ml_collections.ConfigDict, train: bool = True) -> None:
       f"rules.retrieval.mode={config.rules.retrieval.mode!r}: expected 'utility' in a run of "
       f"{hosts.count()} processes (similarity retrieval runs on one process only, for now)"
     )
-  trains = config.jerp.mode in ("jerp", "grpo") or config.jerp.warm_start.steps
+  trains = config.jerp.mode in ("jerp", "grpo") or warm_started(config)
   if trains and config.rl.learner.train == "lora":
     if config.model.lora.rank < 1:
       raise ValueError(
@@ -214,7 +224,7 @@ class Parts:
   def trainable_key(self) -> str | None:
     """The collection the run trains and checkpoints ('lora' or 'params'); None when no stage
     (RL or the warm start) changes the weights."""
-    if not (self.update_policy or self.config.jerp.warm_start.steps):
+    if not (self.update_policy or warm_started(self.config)):
       return None
     return {"lora": "lora", "full": "params"}[self.config.rl.learner.train]
 
@@ -517,10 +527,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     if c.eval_at_start and not resumed:
       state = evaluate_and_log(state)  # the untrained policy: the curve's first point
-    if c.warm_start.steps and not resumed:
-      state, record = warm_start(parts, state, first.env, first.train_tasks)
-      writer.write({"epoch": 0, "warm_start": record})
-      print(reports.warm_start_line(record), flush=True)
+    if warm_started(config) and not resumed:
+      if c.warm_start.from_run:
+        state = state_lib.adopt_warm_start(c.warm_start.from_run, state, key)
+        print(f"warm start: that of {c.warm_start.from_run}", flush=True)
+      else:
+        state, record = warm_start(parts, state, first.env, first.train_tasks)
+        writer.write({"epoch": 0, "warm_start": record})
+        print(reports.warm_start_line(record), flush=True)
       if c.warm_start.evaluate:
         state = evaluate_and_log(state, after_warm_start=True)
       state_lib.save(ckpt, state, key)  # the warm start is not repeated on resume

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -134,6 +135,23 @@ def restore(
     cursor=int(host["cursor"]),
     history=tuple(host["history"]),
   )
+
+
+def adopt_warm_start(workdir: str, state: RunState, trainable_key: str) -> RunState:
+  """`state` with the trainables of the warm start saved in `workdir` (that run's epoch-0
+  checkpoint, whatever its mode): one warm start shared by runs of several modes."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(os.path.join(directory, "0")):
+    raise CannotResume(
+      f"jerp.warm_start.from_run={workdir!r}: {directory} holds no warm start (an epoch-0 "
+      "checkpoint); expected the workdir of a run with jerp.warm_start.steps > 0"
+    )
+  with checkpoint_lib.Checkpointer(directory) as ckpt:
+    target = {"trainable": state.train.variables[trainable_key]}
+    arrays, _ = ckpt.restore(0, checkpoint_lib.abstract_like(target), partial=True)
+  variables = {**state.train.variables, trainable_key: arrays["trainable"]}
+  train = state.train.replace(variables=variables, version=state.train.version + 1)
+  return state.replace(train=train)
 
 
 def restore_newest_readable(

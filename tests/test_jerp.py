@@ -429,6 +429,31 @@ def test_baselines_without_policy_updates(tmp_path, cache_dir, mode):
     timeout=600,
   )
   assert r.returncode != 0 and f"holds a run of jerp.mode='{mode}', not 'jerp'" in r.stderr
+  if warm:
+    # Another run starting from this one's warm start instead of cloning again ends where this
+    # one did (benchmarks/learning.py shares a seed's warm start between modes this way).
+    shared = str(tmp_path / "shared")
+    from_run = f"--config.jerp.warm_start.from_run={workdir}"
+    r = run_main(shared, cache_dir, f"--config.jerp.mode={mode}", "--config.jerp.epochs=1",
+                 "--config.jerp.eval_at_start=False", from_run)  # fmt: skip
+    assert f"warm start: that of {workdir}" in r.stdout and "warm start: 2 steps" not in r.stdout
+    step, shared_arrays, shared_host = final_state(shared)
+    assert step == 1 and shared_host["version"] == host["version"] == 1
+    np.testing.assert_array_equal(
+      *(np.concatenate([np.ravel(x) for x in jax.tree.leaves(a["trainable"])])
+        for a in (arrays, shared_arrays))
+    )  # fmt: skip
+    for key in ("epoch", "cursor", "rule_pool", "reference"):
+      assert shared_host[key] == host[key], key
+    assert without_timings(shared_host["history"]) == without_timings(host["history"][-1:])
+    # A folder without a warm start is named in one line.
+    r = subprocess.run(
+      main_cmd(str(tmp_path / "c"), cache_dir, f"--config.jerp.mode={mode}",
+               f"--config.jerp.warm_start.from_run={tmp_path / 'nowhere'}"),
+      cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode != 0 and "holds no warm start" in r.stderr, r.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "nowhere")
 
 
 @pytest.mark.parametrize("preset", ["tiny-qwen3", "tiny-gemma3"])
