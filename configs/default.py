@@ -80,6 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
   # is off 1 and clipping can act.
   c.rl.learner.mini_batch_size = 8
   c.rl.learner.ppo_epochs = 1
+  # No KL term. Its anchor is the model with its adapters off, that is the untrained model, which
+  # would pull the cloned policy back to where it never won (KL 0.65 in the default's update at
+  # kl_coef=0.01). DAPO (Yu et al., 2025) drops the term as well; it also saves the anchor's pass.
+  c.rl.learner.loss.kl_coef = 0.0
   c.jerp = jerp.get_config()
   # One epoch: 8 episodes, one update (2 optimiser steps) and a revision fit the 10-minute
   # budget after the warm start; more epochs: --config.jerp.epochs=N.
