@@ -27,7 +27,6 @@ and get trees and dicts back.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -50,12 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(c: ml_collections.ConfigDict, prefix: str = "checkpoint") -> None:
-  fail = functools.partial(checks.fail, c, prefix)
-
-  for field in ("keep", "every_epochs"):
-    # bool is an int subclass; `keep=True` is a mistake, not 1.
-    if not isinstance(c[field], int) or isinstance(c[field], bool) or c[field] < 1:
-      fail(field, "a positive integer")
+  checks.require(c, prefix, {"keep": checks.POSITIVE_INT, "every_epochs": checks.POSITIVE_INT})
 
 
 def abstract_like(tree: Any) -> Any:

@@ -43,6 +43,20 @@ NON_NEGATIVE: Check = ("a non-negative number", lambda v: is_number(v) and v >= 
 BOOL: Check = ("True or False", lambda v: isinstance(v, bool))
 
 
+def int_at_least(n: int, said: str | None = None) -> Check:
+  """An integer >= n; `said`: how to name n (e.g. the field it comes from)."""
+  return (f"an integer >= {n if said is None else said}", lambda v: is_int(v) and v >= n)
+
+
+def number_in(low: float, high: float, closed: bool = True) -> Check:
+  """A number in [low, high] (`closed=False`: [low, high))."""
+  inside = (lambda v: low <= v <= high) if closed else (lambda v: low <= v < high)
+  return (
+    f"a number in [{low:g}, {high:g}{']' if closed else ')'}",
+    lambda v: is_number(v) and inside(v),
+  )
+
+
 def one_of(options) -> Check:
   options = tuple(options)
   return (f"one of {options}", lambda v: v in options)

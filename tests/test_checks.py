@@ -29,3 +29,14 @@ def test_require_fails_at_the_first_bad_field_with_its_expectation():
     checks.require(c, "b", {"sub.k": checks.saying(checks.COUNT, "0 or more")})
   with pytest.raises(ValueError, match=r"^b\.n=True: expected a positive integer$"):
     checks.require(ml_collections.ConfigDict({"n": True}), "b", {"n": checks.POSITIVE_INT})
+
+
+def test_ranges_say_their_bounds():
+  c = ml_collections.ConfigDict({"p": 1.0, "q": 1, "k": 3})
+  checks.require(c, "b", {"p": checks.number_in(0, 1), "k": checks.int_at_least(3)})
+  with pytest.raises(ValueError, match=r"^b\.p=1\.0: expected a number in \[0, 1\)$"):
+    checks.require(c, "b", {"p": checks.number_in(0, 1, closed=False)})
+  with pytest.raises(ValueError, match=r"^b\.q=1: expected an integer >= top_k=3$"):
+    checks.require(c, "b", {"q": checks.int_at_least(c.k, f"top_k={c.k}")})
+  with pytest.raises(ValueError, match=r"^b\.p=1\.0: expected an integer >= 0$"):
+    checks.require(c, "b", {"p": checks.int_at_least(0)})  # 1.0 is not an integer

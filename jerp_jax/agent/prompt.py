@@ -23,7 +23,6 @@ writes text; it never samples, parses or steps.
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import ml_collections
@@ -61,19 +60,18 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(c: ml_collections.ConfigDict, prefix: str = "agent") -> None:
-  fail = functools.partial(checks.fail, c, prefix)
-
-  if not isinstance(c.history_window, int) or c.history_window < 0:
-    fail("history_window", "an integer >= 0")
-  for field in ("max_observation_chars", "max_admissible"):
-    if not isinstance(c[field], int) or c[field] < 1:
-      fail(field, "a positive integer")
-  if "{tag}" not in c.answer_format:
-    fail("answer_format", "a text naming the action tag as {tag}")
-  if not isinstance(c.response_prefix, str):
-    fail("response_prefix", "a string ('' for none)")
+  checks.require(c, prefix, {
+    "history_window": checks.COUNT, "max_observation_chars": checks.POSITIVE_INT,
+    "max_admissible": checks.POSITIVE_INT,
+    "answer_format": ("a text naming the action tag as {tag}",
+                      lambda v: isinstance(v, str) and "{tag}" in v),
+    "response_prefix": ("a string ('' for none)", lambda v: isinstance(v, str)),
+    "admissible_only": checks.BOOL,
+  })  # fmt: skip
   if c.admissible_only and not "<{tag}>".startswith(c.response_prefix):
-    fail("response_prefix", "'' or the start of '<{tag}>' with agent.admissible_only")
+    checks.fail(
+      c, prefix, "response_prefix", "'' or the start of '<{tag}>' with agent.admissible_only"
+    )
 
 
 def cut(text: str, n: int) -> str:

@@ -24,7 +24,6 @@ the host, and the result is fed to the device as data. Never touches the model o
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable
 
 import ml_collections
@@ -46,25 +45,13 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _is_number(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def validate_config(c: ml_collections.ConfigDict, prefix: str = "rl.advantages") -> None:
-  fail = functools.partial(checks.fail, c, prefix)
-
-  if c.estimator not in ESTIMATORS:
-    fail("estimator", f"one of {tuple(ESTIMATORS)}")
-  if not _is_number(c.gamma) or not 0.0 <= c.gamma <= 1.0:
-    fail("gamma", "a number in [0, 1]")
-  if not _is_number(c.invalid_penalty) or c.invalid_penalty < 0:
-    fail("invalid_penalty", "a non-negative number")
-  if not isinstance(c.norm_by_std, bool):
-    fail("norm_by_std", "True or False")
-  if not _is_number(c.eps) or c.eps <= 0:
-    fail("eps", "a positive number")
-  if not _is_number(c.step_weight) or c.step_weight < 0:
-    fail("step_weight", "a non-negative number")
+  checks.require(c, prefix, {
+    "estimator": checks.one_of(ESTIMATORS),
+    "gamma": checks.number_in(0, 1),
+    "invalid_penalty": checks.NON_NEGATIVE, "norm_by_std": checks.BOOL, "eps": checks.POSITIVE,
+    "step_weight": checks.NON_NEGATIVE,
+  })  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,6 @@ touches parameters or optimiser state.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
@@ -40,28 +39,15 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _is_number(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def validate_config(c: ml_collections.ConfigDict, prefix: str = "rl.loss") -> None:
-  fail = functools.partial(checks.fail, c, prefix)
-
-  if c.policy_loss not in POLICY_LOSSES:
-    fail("policy_loss", f"one of {tuple(POLICY_LOSSES)}")
-  # 1 - clip_low must stay positive, or the lower clip would allow a non-positive ratio.
-  if not _is_number(c.clip_low) or not 0.0 <= c.clip_low < 1.0:
-    fail("clip_low", "a number in [0, 1)")
-  if not _is_number(c.clip_high) or c.clip_high < 0:
-    fail("clip_high", "a non-negative number")
-  if not _is_number(c.kl_coef) or c.kl_coef < 0:
-    fail("kl_coef", "a non-negative number")
-  if c.kl_estimator not in KL_ESTIMATORS:
-    fail("kl_estimator", f"one of {tuple(KL_ESTIMATORS)}")
-  if c.aggregation not in AGGREGATIONS:
-    fail("aggregation", f"one of {tuple(AGGREGATIONS)}")
-  if not _is_number(c.entropy_coef) or c.entropy_coef < 0:
-    fail("entropy_coef", "a non-negative number")
+  checks.require(c, prefix, {
+    "policy_loss": checks.one_of(POLICY_LOSSES),
+    # 1 - clip_low must stay positive, or the lower clip would allow a non-positive ratio.
+    "clip_low": checks.number_in(0, 1, closed=False),
+    "clip_high": checks.NON_NEGATIVE, "kl_coef": checks.NON_NEGATIVE,
+    "kl_estimator": checks.one_of(KL_ESTIMATORS), "aggregation": checks.one_of(AGGREGATIONS),
+    "entropy_coef": checks.NON_NEGATIVE,
+  })  # fmt: skip
 
 
 # --- KL estimators (Schulman, "Approximating KL divergence", 2020) -------------------------------

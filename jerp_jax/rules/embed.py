@@ -41,13 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(c: ml_collections.ConfigDict, prefix: str = "rules.embed") -> None:
-  fail = functools.partial(checks.fail, c, prefix)
-
-  if c.weights not in WEIGHTS:
-    fail("weights", f"one of {WEIGHTS}")
-  for field in ("max_tokens", "batch_size", "min_bucket", "cache_size"):
-    if not isinstance(c[field], int) or c[field] < 1:
-      fail(field, "a positive integer")
+  positive = checks.POSITIVE_INT
+  checks.require(c, prefix, {
+    "weights": checks.one_of(WEIGHTS), "max_tokens": positive, "batch_size": positive,
+    "min_bucket": positive, "cache_size": positive,
+  })  # fmt: skip
 
 
 def select_weights(variables: dict, weights: str) -> dict:

@@ -28,7 +28,6 @@ no rebuild, as scores are read from the pool at retrieval time. It never changes
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Sequence
 
@@ -67,29 +66,18 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(c: ml_collections.ConfigDict, prefix: str = "rules.retrieval") -> None:
-  fail = functools.partial(checks.fail, c, prefix)
-
-  if c.mode not in MODES:
-    fail("mode", f"one of {MODES}")
-  if not isinstance(c.top_k, int) or c.top_k < 1:
-    fail("top_k", "a positive integer")
-  if not 0.0 <= c.hybrid_weight <= 1.0:
-    fail("hybrid_weight", "a number in [0, 1]")
-  if not isinstance(c.hybrid_candidates, int) or c.hybrid_candidates < c.top_k:
-    fail("hybrid_candidates", f"an integer >= top_k={c.top_k}")
-  if not isinstance(c.exact_threshold, int) or c.exact_threshold < SCANN_MIN_POINTS:
-    fail("exact_threshold", f"an integer >= {SCANN_MIN_POINTS} (ScaNN's minimum)")
-  s = c.scann
-  for field in ("leaves_per_sqrt_n", "search_per_sqrt_leaves"):
-    if s[field] <= 0:
-      fail(f"scann.{field}", "a positive number")
-  for field in ("dims_per_block", "reorder", "training_points_per_leaf"):
-    if not isinstance(s[field], int) or s[field] < 1:
-      fail(f"scann.{field}", "a positive integer")
-  if not 0.0 <= s.anisotropic_quantization_threshold < 1.0:
-    fail("scann.anisotropic_quantization_threshold", "[0, 1)")
-  if not isinstance(s.parallel_batch, int) or s.parallel_batch < 0:
-    fail("scann.parallel_batch", "0 (off) or a positive integer")
+  positive = checks.POSITIVE_INT
+  checks.require(c, prefix, {
+    "mode": checks.one_of(MODES), "top_k": positive,
+    "hybrid_weight": checks.number_in(0, 1),
+    "hybrid_candidates": checks.int_at_least(c.top_k, f"top_k={c.top_k}"),
+    "exact_threshold": checks.int_at_least(SCANN_MIN_POINTS, f"{SCANN_MIN_POINTS} (ScaNN's minimum)"),
+    "scann.leaves_per_sqrt_n": checks.POSITIVE, "scann.search_per_sqrt_leaves": checks.POSITIVE,
+    "scann.dims_per_block": positive, "scann.reorder": positive,
+    "scann.training_points_per_leaf": positive,
+    "scann.anisotropic_quantization_threshold": checks.number_in(0, 1, closed=False),
+    "scann.parallel_batch": checks.saying(checks.COUNT, "0 (off) or a positive integer"),
+  })  # fmt: skip
 
 
 def exact_top_k(vectors_nd: np.ndarray, queries_qd: np.ndarray, k: int):

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import re
 from typing import Any, Callable, Sequence
 
@@ -105,29 +104,23 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(c: ml_collections.ConfigDict, prefix: str = "rules.reviser") -> None:
-  fail = functools.partial(checks.fail, c, prefix)
-
-  if c.weights not in WEIGHTS:
-    fail("weights", f"one of {WEIGHTS}")
-  for field in (
-    "max_new_tokens",
-    "max_edits_per_revision",
-    "max_failed_shown",
-    "max_steps_shown",
-    "max_obs_chars",
-    "max_prompt_chars",
-  ):
-    if not isinstance(c[field], int) or c[field] < 1:
-      fail(field, "a positive integer")
+  positive = checks.POSITIVE_INT
+  checks.require(c, prefix, {
+    "weights": checks.one_of(WEIGHTS), "max_new_tokens": positive,
+    "max_edits_per_revision": positive, "max_failed_shown": positive,
+    "max_steps_shown": positive, "max_obs_chars": positive, "max_prompt_chars": positive,
+  })  # fmt: skip
   # The generation fields (temperature, top_p, top_k, stop_strings) are checked as the sampler
   # will read them.
   sampler_lib.SamplingParams.from_config(c, where=prefix)
-  if not isinstance(c.answer_prefix, str):
-    fail("answer_prefix", "a string ('' for none)")
-  if not isinstance(c.constrained, bool):
-    fail("constrained", "True or False")
+  checks.require(c, prefix, {
+    "answer_prefix": ("a string ('' for none)", lambda v: isinstance(v, str)),
+    "constrained": checks.BOOL,
+  })  # fmt: skip
   if c.constrained and c.answer_prefix:
-    fail("answer_prefix", "'' when constrained=True (the grammar writes the whole answer)")
+    checks.fail(
+      c, prefix, "answer_prefix", "'' when constrained=True (the grammar writes the whole answer)"
+    )
 
 
 # --- parsing ------------------------------------------------------------------------------------

@@ -106,20 +106,14 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "sampling") -> N
 
   for field, expected in _params_problems(c):
     fail(field, expected)
-  if c.decode_chunk < 1:
-    fail("decode_chunk", "a positive integer")
-  if not isinstance(c.prompt_bucket, int) or c.prompt_bucket < 0:
-    fail("prompt_bucket", "an integer >= 0 (0 means powers of two)")
-  if not isinstance(c.min_prompt_bucket, int) or c.min_prompt_bucket < 1:
-    fail("min_prompt_bucket", "a positive integer")
-  if not isinstance(c.prefix_cache, bool):
-    fail("prefix_cache", "True or False")
-  if not isinstance(c.prefix_block, int) or c.prefix_block < 1:
-    fail("prefix_block", "a positive integer")
-  if not isinstance(c.prefix_cache_tokens, int) or c.prefix_cache_tokens < c.prefix_block:
-    fail("prefix_cache_tokens", f"an integer >= prefix_block={c.prefix_block}")
-  if c.layout not in ("auto", "cpu", "trained"):
-    fail("layout", "'auto', 'cpu' or 'trained'")
+  positive = checks.POSITIVE_INT
+  checks.require(c, prefix, {
+    "decode_chunk": positive,
+    "prompt_bucket": checks.saying(checks.COUNT, "an integer >= 0 (0 means powers of two)"),
+    "min_prompt_bucket": positive, "prefix_cache": checks.BOOL, "prefix_block": positive,
+    "prefix_cache_tokens": checks.int_at_least(c.prefix_block, f"prefix_block={c.prefix_block}"),
+    "layout": ("'auto', 'cpu' or 'trained'", lambda v: v in ("auto", "cpu", "trained")),
+  })  # fmt: skip
 
 
 def cpu_layout_option(c: ml_collections.ConfigDict) -> bool | None:
