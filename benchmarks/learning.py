@@ -46,7 +46,7 @@ def shared_start(seed: int, args, overrides: list[str]) -> tuple[str | None, dic
   """Where every mode of a seed starts: the config's warm start (if any) run once and shared, and
   its evaluation, "before RL" for all. (The warm start's workdir or None, that evaluation.)"""
   workdir = os.path.join(args.out, f"start-seed{seed}")
-  flags = [f"--config.seed={seed}", *overrides, "--config.jerp.epochs=0"]
+  flags = [*overrides, f"--config.seed={seed}", "--config.jerp.epochs=0"]
   flags += ["--config.jerp.warm_start.evaluate=True"]  # ignored without a warm start
   evals = [r["eval"] for r in main_run(workdir, args, flags) if "eval" in r]
   if not evals:
@@ -57,9 +57,8 @@ def shared_start(seed: int, args, overrides: list[str]) -> tuple[str | None, dic
 
 def run(mode: str, seed: int, args, overrides: list[str], warm: str | None, before: dict) -> dict:
   workdir = os.path.join(args.out, f"{mode}-seed{seed}")
-  flags = [f"--config.jerp.mode={mode}", f"--config.seed={seed}"]
+  flags = [*overrides, f"--config.jerp.mode={mode}", f"--config.seed={seed}"]
   flags += [f"--config.jerp.epochs={args.epochs}"] if args.epochs else []
-  flags += overrides
   flags += ["--config.jerp.eval_at_start=False", "--config.jerp.warm_start.evaluate=False"]
   if warm:
     flags += [f"--config.jerp.warm_start.from_run={warm}", "--config.jerp.warm_start.steps=0"]
@@ -124,6 +123,7 @@ def main() -> None:
   if bad:
     p.error(f"unknown arguments {bad}: only --config.FIELD=VALUE overrides pass through")
   modes, seeds = args.modes.split(","), [int(s) for s in args.seeds.split(",")]
+  args.out = os.path.abspath(args.out)  # the runs start in the repository's root
   start = time.time()
   results = []
   for s in seeds:

@@ -473,6 +473,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   ):
     restored = state_lib.restore_newest_readable(ckpt, state, key)
     resumed = restored is not None
+    if c.warm_start.from_run and not resumed:
+      state_lib.warm_start_checkpoints(c.warm_start.from_run)  # before any evaluation
     if resumed:
       state = restored
       print(f"resumed {workdir} after epoch {state.epoch} (task cursor {state.cursor})")

@@ -137,18 +137,28 @@ def restore(
   )
 
 
-def adopt_warm_start(workdir: str, state: RunState, trainable_key: str) -> RunState:
-  """`state` with the trainables of the warm start saved in `workdir` (that run's epoch-0
-  checkpoint, whatever its mode): one warm start shared by runs of several modes."""
+def warm_start_checkpoints(workdir: str) -> str:
+  """The checkpoint folder of the run in `workdir`, which must hold its warm start (step 0)."""
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(os.path.join(directory, "0")):
     raise CannotResume(
       f"jerp.warm_start.from_run={workdir!r}: {directory} holds no warm start (an epoch-0 "
-      "checkpoint); expected the workdir of a run with jerp.warm_start.steps > 0"
+      "checkpoint); expected the workdir of a run with jerp.warm_start.steps > 0 (whose "
+      "checkpoint.keep has not yet deleted it)"
     )
-  with checkpoint_lib.Checkpointer(directory) as ckpt:
-    target = {"trainable": state.train.variables[trainable_key]}
-    arrays, _ = ckpt.restore(0, checkpoint_lib.abstract_like(target), partial=True)
+  return directory
+
+
+def adopt_warm_start(workdir: str, state: RunState, trainable_key: str) -> RunState:
+  """`state` with the trainables of the warm start saved in `workdir` (that run's epoch-0
+  checkpoint, whatever its mode): one warm start shared by runs of several modes."""
+  directory = warm_start_checkpoints(workdir)
+  try:
+    with checkpoint_lib.Checkpointer(directory) as ckpt:
+      target = {"trainable": state.train.variables[trainable_key]}
+      arrays, _ = ckpt.restore(0, checkpoint_lib.abstract_like(target), partial=True)
+  except (checkpoint_lib.Unreadable, ValueError) as e:  # damaged, or another model or rank
+    raise CannotResume(f"jerp.warm_start.from_run={workdir!r}: {e}") from e
   variables = {**state.train.variables, trainable_key: arrays["trainable"]}
   train = state.train.replace(variables=variables, version=state.train.version + 1)
   return state.replace(train=train)
