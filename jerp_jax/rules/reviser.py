@@ -21,7 +21,8 @@ than the two allowed, a text that the pool refuses (empty, over `max_rule_chars`
 cut —, control characters, chat-template markers), an id already touched earlier in the same
 output, or comes after `max_edits_per_revision` accepted edits. It is also rejected, and counted as
 degenerate, when its text is no rule: no word of two letters, the text of an existing rule or of an
-earlier edit of the same output, or a copy of a line of the prompt. Blank lines are ignored; any
+earlier edit of the same output, or a copy of the prompt's text (one of its lines, or a text made
+mostly of runs of four of its words). Blank lines are ignored; any
 other line is counted as malformed. Nothing the model writes can break the pool's invariants: the parser
 only proposes, and RulePool.apply checks again (an edit that conflicts with an earlier group's,
 e.g. on a rule that group removed, is rejected there).
@@ -143,15 +144,46 @@ def _key(text: str) -> str:
   return normalize_text(text).casefold().rstrip(" .!;,")
 
 
-def prompt_lines(prompt: str) -> frozenset[str]:
-  """The keys of what a rule text could copy from a prompt: each line, each ' | ' part of it,
-  and each part after its label ('Task: ...', '1. saw: ...')."""
-  out = set()
-  for line in prompt.splitlines():
-    for part in [line] + line.split(" | "):
-      out.update({_key(part), _key(part.split(": ", 1)[-1])})
-  out.discard("")
-  return frozenset(out)
+# A text whose words lie mostly (COPY_SHARE) in runs of COPY_RUN words found in the prompt copies
+# it, whatever it adds: SmolLM2-135M wrote "pick_and_place_simple or global. Use only the rule ids
+# listed above. A rule text is one short general instruction of atm" (19 of 20 words copied).
+COPY_RUN = 4
+COPY_SHARE = 0.75
+
+
+def _words(text: str) -> list[str]:
+  return re.findall(r"[a-z0-9_]+", text.casefold())
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptText:
+  """What a rule text could copy from its prompt."""
+
+  # The keys of each line, each ' | ' part of it, and each part after its label ('Task: ...',
+  # '1. saw: ...'): a short text equal to one of them is a copy.
+  parts: frozenset[str]
+  runs: frozenset[tuple[str, ...]]  # every run of COPY_RUN words
+
+  @classmethod
+  def of(cls, prompt: str) -> PromptText:
+    parts = set()
+    for line in prompt.splitlines():
+      for part in [line] + line.split(" | "):
+        parts.update({_key(part), _key(part.split(": ", 1)[-1])})
+    parts.discard("")
+    w = _words(prompt)
+    runs = {tuple(w[i : i + COPY_RUN]) for i in range(len(w) - COPY_RUN + 1)}
+    return cls(frozenset(parts), frozenset(runs))
+
+  def copied_by(self, text: str) -> bool:
+    if _key(text) in self.parts:
+      return True
+    w = _words(text)
+    covered = [False] * len(w)
+    for i in range(len(w) - COPY_RUN + 1):
+      if tuple(w[i : i + COPY_RUN]) in self.runs:
+        covered[i : i + COPY_RUN] = [True] * COPY_RUN
+    return len(w) >= COPY_RUN and sum(covered) >= COPY_SHARE * len(w)
 
 
 REPEAT_MIN_WORDS = 12  # texts this long or longer are checked for repetition
@@ -163,11 +195,11 @@ def degenerate_reason(
   text: str,
   rule_texts: dict[int, str],
   earlier: set[str],
-  copied: frozenset[str],
+  prompt: PromptText,
 ) -> str | None:
   """Why a well-formed text is no rule, or None: no word, a text that keeps repeating itself, the
   text of an existing rule (other than those a MERGE joins) or of an earlier edit, or a copy of
-  a line of the prompt."""
+  the prompt's text (a line of it, or mostly runs of its words)."""
   key = _key(text)
   if not _WORD.search(text):
     return "degenerate: no words"
@@ -180,7 +212,7 @@ def degenerate_reason(
     return "degenerate: duplicate rule"
   if key in earlier:
     return "degenerate: duplicate edit"
-  if key in copied:
+  if prompt.copied_by(text):
     return "degenerate: copies the prompt"
   return None
 
@@ -199,7 +231,7 @@ def parse_edits(
   `rule_texts` (id -> text of the pool's rules) and `prompt` feed the degenerate checks.
   """
   rule_texts = rule_texts or {}
-  copied = prompt_lines(prompt)
+  prompt_text = PromptText.of(prompt)
   earlier: set[str] = set()
   degenerate = 0
   edits: list[Edit] = []
@@ -255,7 +287,7 @@ def parse_edits(
         reject(problem)
         continue
     if text_norm:
-      reason = degenerate_reason(op, ids, text_norm, rule_texts, earlier, copied)
+      reason = degenerate_reason(op, ids, text_norm, rule_texts, earlier, prompt_text)
       if reason:
         reject(reason)
         degenerate += 1

@@ -318,6 +318,23 @@ def test_degenerate_texts_are_rejected_and_counted():
   assert (result.degenerate, result.malformed) == (8, 0)
 
 
+def test_a_text_made_of_runs_of_the_prompt_copies_it():
+  prompt = reviser_lib._INSTRUCTIONS.format(max_edits=2, task_type=PICK, max_chars=120)
+  # Written by SmolLM2-135M under the edit grammar: 19 of its 20 words are runs of the prompt's.
+  copy = (
+    "pick_and_place_simple or global. Use only the rule ids listed above. A rule text is one "
+    "short general instruction of atm"
+  )
+  advice = "Use only the rules that fit the task you are given."  # 'rules', not 'rule': 0 runs
+  result = parse_edits(f"ADD global: {copy}\nADD global: {advice}", set(), (PICK, "global"), 200, 6,
+                       {}, prompt)  # fmt: skip
+  assert result.edits == [Edit("ADD", (), advice, "global")]
+  assert result.rejected == [(f"ADD global: {copy}", "degenerate: copies the prompt")]
+  copied = reviser_lib.PromptText.of("You see a cup 1 on the table 2.")
+  assert copied.copied_by("a cup 1 on the table")  # 6 of 6 words in runs of 4
+  assert not copied.copied_by("take the cup 1 from the table 2")  # no run of 4 in the prompt
+
+
 def test_degenerate_edits_are_counted_in_the_report():
   pool = scripted_pool()
   episodes = [ep("k1", PICK, False, ["look"]), ep("k1", PICK, True, ["take cup 1"])]
