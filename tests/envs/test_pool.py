@@ -167,6 +167,9 @@ SCRIPT = textwrap.dedent("""
     pool.reset([base.Task("fake", "train", "a", "fake", {"sleep_s": 30})] * 2)
     print(" ".join(str(w.process.pid) for w in pool._workers), flush=True)
     if sys.argv[1] == "sigint":
+      # Python's own SIGINT handler: a process started in the background (`cmd &`, nohup) begins
+      # with SIGINT ignored, and then nothing would interrupt the step.
+      signal.signal(signal.SIGINT, signal.default_int_handler)
       # The handler first: an alarm that fired before it (a loaded machine can stall this
       # process for a second) would end the process silently, by SIGALRM's default action.
       signal.signal(signal.SIGALRM, lambda *a: os.kill(os.getpid(), signal.SIGINT))
