@@ -78,9 +78,10 @@ def warm_start(
     model, mesh, variables, samples, config.rl.learner, config.jerp.warm_start, pad_id,
     config.model.max_seq_len, seed,
   )  # fmt: skip
-  record = {"demonstrations": len(demos), "won": sum(e.won for e in demos), "turns": len(samples)}
   return variables, {
-    **record,
+    "demonstrations": len(demos),
+    "won": sum(e.won for e in demos),
+    "turns": len(samples),
     "steps": len(losses),
     "loss_first": losses[0],
     "loss_last": losses[-1],

@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(c: ml_collections.ConfigDict, prefix: str = "rl.learner") -> None:
-  unit = ("a number in [0, 1)", lambda v: checks.is_number(v) and 0 <= v < 1)
+  unit = checks.number_in(0, 1, closed=False)
   checks.require(c, prefix, {
     "train": checks.one_of(TRAIN_MODES), "lr": checks.POSITIVE, "b1": unit, "b2": unit,
     "eps": checks.POSITIVE, "weight_decay": checks.NON_NEGATIVE,
