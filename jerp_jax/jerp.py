@@ -137,12 +137,6 @@ def validate(config: ml_collections.ConfigDict, train: bool = True) -> None:
     split = config.jerp[field]
     if split and split not in module.SPLITS:
       raise ValueError(f"jerp.{field}={split!r}: expected one of {module.SPLITS}")
-  if hosts.count() > 1 and MODES[config.jerp.mode][0] and config.rules.retrieval.mode != "utility":
-    # Embedding queries is a device program whose texts differ per process: not yet in lockstep.
-    raise ValueError(
-      f"rules.retrieval.mode={config.rules.retrieval.mode!r}: expected 'utility' in a run of "
-      f"{hosts.count()} processes (similarity retrieval runs on one process only, for now)"
-    )
   trains = config.jerp.mode in ("jerp", "grpo") or warm_started(config)
   if trains and config.rl.learner.train == "lora":
     if config.model.lora.rank < 1:
@@ -279,7 +273,10 @@ def rule_index(parts: Parts, state: RunState) -> index_lib.RuleIndex:
     frozen = parts.embedder.weights == "base" and parts.config.rl.learner.train == "lora"
     version = 0 if frozen else state.train.version
     variables = state.train.variables
-    embed_fn = lambda texts: parts.embedder.embed(variables, texts, version=version)
+    embed = lambda texts: parts.embedder.embed(variables, texts, version=version)
+    # Embedding is a device program over the global mesh: every process embeds the texts of all
+    # (its queries differ from the others'), so their calls, caches and programs stay in step.
+    embed_fn = lambda texts: hosts.rows_of_all(embed, texts)
   return index_lib.RuleIndex(state.rules.pool, parts.config.rules.retrieval, embed_fn)
 
 

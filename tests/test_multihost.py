@@ -1,7 +1,8 @@
 """Multi-host runs (jax.distributed) as several CPU processes on this machine, against the same
 run in one process: 2 processes x 4 CPU devices and 1 process x 8 devices on one 2x2x2 mesh play
 the same tasks, sample the same tokens, keep the same rules and references and end with the same
-trainables (up to the order of cross-process sums); the metrics are written once. Each run takes
+trainables (up to the order of cross-process sums); the metrics are written once. Rules are
+retrieved by embedding ('hybrid', before every turn), the path where processes embed together. Each run takes
 minutes on two cores: the configuration is the tiny one without the evaluation at start."""
 
 import json
@@ -26,6 +27,10 @@ SIZE = (
   "--config.mesh.shape=(2,2,2)",
   "--config.rl.learner.micro_batch_size=4",
   "--config.jerp.eval_at_start=False",
+  # Retrieval that embeds (similarity and utility both), before every turn: a device program
+  # whose texts differ per process, called by processes whose episodes have ended as well.
+  "--config.rules.retrieval.mode=hybrid",
+  "--config.agent.retrieve_every_step=True",
 )
 # Gradients are summed across processes by gloo, in another order than within one process.
 ATOL = 1e-5

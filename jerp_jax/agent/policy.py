@@ -53,11 +53,13 @@ class ModelPolicy:
     self.rules = rules
     self.prefix = agent_cfg.response_prefix.format(tag=actions_cfg.tag)
     self._blocks: dict[int, RuleBlock] = {}  # id(episode) -> the rules in its prompt
+    self._turn = 0  # turns acted since `begin`
     self.tokens = 0  # generated tokens, for tokens/s
     self.seconds = 0.0  # time spent in generate
 
   def begin(self, episodes: Sequence[Episode]) -> None:
     self._blocks = {id(e): NO_RULES for e in episodes}
+    self._turn = 0
     if self.rules is None:
       return
     # One retrieval per task: its G copies (consecutive, same group) see the same rules.
@@ -71,7 +73,9 @@ class ModelPolicy:
 
   def act(self, episodes: Sequence[Episode], seed: int) -> list[Turn]:
     c, tag = self.agent_cfg, self.actions_cfg.tag
-    if self.rules is not None and c.retrieve_every_step and episodes and episodes[0].turns:
+    # After the first turn (its rules came with `begin`), and on every process of a multi-host
+    # run alike, those with no live episode included: retrieval may embed, a collective program.
+    if self.rules is not None and c.retrieve_every_step and self._turn:
       found = self.rules(
         [e.task.task_type for e in episodes],
         [f"{e.task_text} {e.latest.observation}" for e in episodes],
@@ -99,6 +103,7 @@ class ModelPolicy:
       completions = self.generate(prompts, seed)
     self.seconds += time.time() - start
     self.tokens += sum(len(x.token_ids) for x in completions)
+    self._turn += 1
     a = self.actions_cfg
     turns = []
     for e, ids, x in zip(episodes, prompts, completions):

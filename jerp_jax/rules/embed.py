@@ -25,7 +25,7 @@ import numpy as np
 
 from jerp_jax import checks
 from jerp_jax.model.llama import Decoder
-from jerp_jax.parallel import buckets
+from jerp_jax.parallel import buckets, hosts
 
 WEIGHTS = ("base", "policy")
 
@@ -135,7 +135,8 @@ class Embedder:
         tokens[row, : len(seq)] = seq
         mask[row, : len(seq)] = True
       mask[len(ids) :, 0] = True  # filler rows: one real token, so no row divides by zero
-      vectors = np.asarray(self._embed(variables, jnp.asarray(tokens), jnp.asarray(mask)))
+      # Host arrays, the same on every process of a multi-host run (its callers see to that).
+      vectors = hosts.fetch(self._embed(variables, tokens, mask))
       self.forward_rows += len(chunk)
       for text, v in zip(chunk, vectors[: len(chunk)]):
         self.cache[text] = v
