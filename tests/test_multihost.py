@@ -2,8 +2,9 @@
 run in one process: 2 processes x 4 CPU devices and 1 process x 8 devices on one 2x2x2 mesh play
 the same tasks, sample the same tokens, keep the same rules and references and end with the same
 trainables (up to the order of cross-process sums); the metrics are written once. Rules are
-retrieved by embedding ('hybrid', before every turn), the path where processes embed together. Each run takes
-minutes on two cores: the configuration is the tiny one without the evaluation at start."""
+retrieved by embedding ('hybrid', before every turn), the path where processes embed together.
+Each run takes minutes on two cores: the configuration is the tiny one without the evaluation at
+start."""
 
 import json
 import os
