@@ -101,6 +101,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Decode under each prompt's edit grammar (sampling/grammar.py): every answer is well-formed
   # edit lines. False: free text, parsed as written (with answer_prefix, if any).
   c.constrained = True
+  # Edit lines shown after the instructions as examples of the form and of advice (few-shot),
+  # e.g. ('ADD global: Open a closed receptacle before looking for an object in it.',). A rule
+  # copied from them is a copy of the prompt: rejected as degenerate. (): none.
+  c.examples = ()
   return c
 
 
@@ -117,11 +121,17 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "rules.reviser")
   checks.require(c, prefix, {
     "answer_prefix": ("a string ('' for none)", lambda v: isinstance(v, str)),
     "constrained": checks.BOOL,
+    "examples": ("a tuple of edit lines (ADD <scope>: <text>, ...)",
+                 lambda v: isinstance(v, (tuple, list)) and all(_is_edit_line(x) for x in v)),
   })  # fmt: skip
   if c.constrained and c.answer_prefix:
     checks.fail(
       c, prefix, "answer_prefix", "'' when constrained=True (the grammar writes the whole answer)"
     )
+
+
+def _is_edit_line(line) -> bool:
+  return isinstance(line, str) and any(f.fullmatch(line.strip()) for f in _LINE_FORMS.values())
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -422,6 +432,8 @@ class Reviser:
     tail = _INSTRUCTIONS.format(
       max_edits=c.max_edits_per_revision, task_type=group.task_type, max_chars=pool.max_rule_chars
     )
+    if c.examples:
+      tail += "\nExamples of edits for other tasks (write your own):\n" + "\n".join(c.examples)
     shown = [
       (e, f"Failed attempt {n}") for n, e in enumerate(group.failures[: c.max_failed_shown], 1)
     ]

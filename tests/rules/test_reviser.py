@@ -262,6 +262,30 @@ def test_prompt_shrinks_rollouts_to_fit():
   assert short.endswith("Write only edit lines, nothing else.")
 
 
+def test_example_edits_close_the_prompt_and_copies_of_them_are_degenerate():
+  pool = scripted_pool()
+  config = reviser_lib.get_config()
+  config.examples = ("ADD global: Open a closed receptacle before looking inside it.",)
+  groups, _ = Reviser(config, lambda p: []).groups(
+    [ep("k", PICK, False, ["go to place 1"]), ep("k", PICK, True, ["take cup 1"])], None
+  )
+  prompt = Reviser(config, lambda p: []).build_prompt(groups[0], pool)
+  assert prompt.endswith(
+    "Write only edit lines, nothing else.\nExamples of edits for other tasks (write your own):\n"
+    "ADD global: Open a closed receptacle before looking inside it."
+  )
+  copied = reviser_lib.parse_edits(
+    "ADD global: Open a closed receptacle before looking inside it.", (), (PICK, "global"), 120,
+    6, {}, prompt,
+  )  # fmt: skip
+  assert (copied.edits, copied.degenerate) == ([], 1)
+  config.examples = ("Open a closed receptacle first.",)
+  with pytest.raises(
+    ValueError, match=r"rules.reviser.examples=.*: expected a tuple of edit lines"
+  ):
+    Reviser(config, lambda p: [])
+
+
 def test_config_validation():
   c = reviser_lib.get_config()
   bad = ml_collections.ConfigDict(c.to_dict())
