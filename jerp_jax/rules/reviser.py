@@ -130,8 +130,16 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "rules.reviser")
     )
 
 
+def _line_form(line: str) -> tuple[str | None, re.Match | None]:
+  """(the edit form `line` is written in, its match), or (None, None) for no edit line."""
+  for name, form in _LINE_FORMS.items():
+    if match := form.fullmatch(line):
+      return name, match
+  return None, None
+
+
 def _is_edit_line(line) -> bool:
-  return isinstance(line, str) and any(f.fullmatch(line.strip()) for f in _LINE_FORMS.values())
+  return isinstance(line, str) and _line_form(line.strip())[0] is not None
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -252,12 +260,7 @@ def parse_edits(
     line = raw.strip()
     if not line:
       continue
-    op, match = None, None
-    for name, form in _LINE_FORMS.items():
-      match = form.fullmatch(line)
-      if match:
-        op = name
-        break
+    op, match = _line_form(line)
     if op is None:
       malformed += 1
       continue
