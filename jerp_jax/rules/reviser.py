@@ -105,6 +105,11 @@ def get_config() -> ml_collections.ConfigDict:
   # e.g. ('ADD global: Open a closed receptacle before looking for an object in it.',). A rule
   # copied from them is a copy of the prompt: rejected as degenerate. (): none.
   c.examples = ()
+  # With `constrained`: words every rule text opens with (grammar.EditGrammar.openers), e.g.
+  # ('Always', 'Never', 'Before', 'After'), named in the instructions; (): any word. And whether a
+  # rule text may hold digits (False: it cannot name one game's 'apple 2' or 'fridge 1').
+  c.openers = ()
+  c.digits = True
   return c
 
 
@@ -123,6 +128,10 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "rules.reviser")
     "constrained": checks.BOOL,
     "examples": ("a tuple of edit lines (ADD <scope>: <text>, ...)",
                  lambda v: isinstance(v, (tuple, list)) and all(_is_edit_line(x) for x in v)),
+    "openers": ("a tuple of words (e.g. ('Always', 'Before')), with constrained=True",
+                lambda v: isinstance(v, (tuple, list)) and (c.constrained or not v) and all(
+                  isinstance(x, str) and grammar_lib.OPENER.fullmatch(x) for x in v)),
+    "digits": checks.BOOL,
   })  # fmt: skip
   if c.constrained and c.answer_prefix:
     checks.fail(
@@ -205,6 +214,9 @@ class PromptText:
 
 
 REPEAT_MIN_WORDS = 12  # texts this long or longer are checked for repetition
+# Words of the instructions, not of any task: a text that uses them is about writing rules
+# ("Never write anything, use only the rule ids listed above.", SmolLM2-135M under openers).
+META_WORDS = frozenset({"rule", "rules", "edit", "edits", "ids", "scope", "scopes"})
 
 
 def degenerate_reason(
@@ -217,7 +229,8 @@ def degenerate_reason(
 ) -> str | None:
   """Why a well-formed text is no rule, or None: no word, a text that keeps repeating itself, the
   text of an existing rule (other than those a MERGE joins) or of an earlier edit, or a copy of
-  the prompt's text (a line of it, or mostly runs of its words)."""
+  the prompt's text (a line of it, or mostly runs of its words), or a text about rules and edits
+  (META_WORDS) rather than the task."""
   key = _key(text)
   if not _WORD.search(text):
     return "degenerate: no words"
@@ -232,6 +245,8 @@ def degenerate_reason(
     return "degenerate: duplicate edit"
   if prompt.copied_by(text):
     return "degenerate: copies the prompt"
+  if META_WORDS.intersection(words):
+    return "degenerate: about the rules, not the task"
   return None
 
 
@@ -435,6 +450,8 @@ class Reviser:
     tail = _INSTRUCTIONS.format(
       max_edits=c.max_edits_per_revision, task_type=group.task_type, max_chars=pool.max_rule_chars
     )
+    if c.openers:
+      tail += f" Start each rule text with one of: {', '.join(c.openers)}."
     if c.examples:
       tail += "\nExamples of edits for other tasks (write your own):\n" + "\n".join(c.examples)
     shown = [
@@ -465,9 +482,11 @@ class Reviser:
 
   def grammar(self, group: RevisionGroup, pool: RulePool) -> grammar_lib.EditGrammar:
     """What the group's answer may be (after build_prompt, which sets the ids it shows)."""
+    c = self.config
     return grammar_lib.EditGrammar(
-      group.task_type, group.shown_ids, pool.max_rule_chars, self.config.max_edits_per_revision
-    )
+      group.task_type, group.shown_ids, pool.max_rule_chars, c.max_edits_per_revision,
+      tuple(c.openers), c.digits,
+    )  # fmt: skip
 
   def revise(
     self,

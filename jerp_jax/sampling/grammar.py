@@ -48,10 +48,12 @@ UNBOUNDED = 1 << 30  # a counter limit that never binds
 # segment counter bounds it exactly. Non-ASCII letters are left out: their UTF-8 classes multiply
 # the DFA's states.
 TEXT_CHAR = r"[\x20-\x39\x3B\x3D\x3F-\x5A\x5C\x5E-\x7B\x7D\x7E]"
+TEXT_CHAR_NO_DIGITS = r"[\x20-\x2F\x3B\x3D\x3F-\x5A\x5C\x5E-\x7B\x7D\x7E]"
 EDIT_SEPARATORS = b":\n"
 # A rule opens with a word of two letters (or 'A '/'I ' and one), so "1." or "**/**" is no rule.
 _TEXT_HEADS = ((r"[A-Za-z]{2}", 2), (r"[AI] [A-Za-z]{2}", 4))  # (regex, its characters)
 _SCOPE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+OPENER = re.compile(r"[A-Za-z]+(?: [A-Za-z]+)*")
 
 
 # --- the edit grammar ---------------------------------------------------------------------------
@@ -65,13 +67,26 @@ class EditGrammar:
   shown_ids: tuple[int, ...]
   max_rule_chars: int
   max_edits: int
+  # Words a rule text must open with, each followed by a space (e.g. 'Before', 'Never'); ():
+  # any word. Advice reads as advice from its first word on: without them SmolLM2-135M wrote
+  # actions ("take apple 2 from fridge 1") and task names as rules.
+  openers: tuple[str, ...] = ()
+  # False: no digits in a rule text, so it cannot name one game's objects ('apple 2', 'fridge 1').
+  digits: bool = True
 
   def __post_init__(self):
     object.__setattr__(self, "shown_ids", tuple(sorted(set(int(i) for i in self.shown_ids))))
+    object.__setattr__(self, "openers", tuple(self.openers))
     if not _SCOPE.fullmatch(self.task_type):
       raise ValueError(f"EditGrammar.task_type={self.task_type!r}: expected [A-Za-z0-9_-]{{1,64}}")
     if self.max_rule_chars < 4:
       raise ValueError(f"EditGrammar.max_rule_chars={self.max_rule_chars}: expected >= 4")
+    for o in self.openers:
+      if not (isinstance(o, str) and OPENER.fullmatch(o) and len(o) + 2 <= self.max_rule_chars):
+        raise ValueError(
+          f"EditGrammar.openers: {o!r}: expected words of letters (e.g. 'Before') that leave "
+          f"room for a word within max_rule_chars={self.max_rule_chars}"
+        )
     if self.max_edits < 1:
       raise ValueError(f"EditGrammar.max_edits={self.max_edits}: expected a positive integer")
 
@@ -80,17 +95,19 @@ class EditGrammar:
     return tuple(dict.fromkeys((self.task_type, "global")))
 
 
-def _text(max_chars: int | None) -> str:
+def _text(g: EditGrammar, max_chars: int | None) -> str:
   """A rule text: at most max_chars characters (None: unbounded, the counters bound it)."""
-  heads = []
-  for head, used in _TEXT_HEADS:
+  char = TEXT_CHAR if g.digits else TEXT_CHAR_NO_DIGITS
+  heads = [(o + " [A-Za-z]", len(o) + 2) for o in g.openers] or _TEXT_HEADS  # then a word
+  alternatives = []
+  for head, used in heads:
     tail = "*" if max_chars is None else f"{{0,{max_chars - used}}}"
-    heads.append(f"{head}{TEXT_CHAR}{tail}")
-  return "(?:" + "|".join(heads) + ")"
+    alternatives.append(f"{head}{char}{tail}")
+  return "(?:" + "|".join(alternatives) + ")"
 
 
 def _line(g: EditGrammar, max_chars: int | None) -> str:
-  text = _text(max_chars)
+  text = _text(g, max_chars)
   forms = [f"ADD (?:{'|'.join(g.scopes)}): {text}"]
   if g.shown_ids:
     rid = "R(?:" + "|".join(str(i) for i in g.shown_ids) + ")"

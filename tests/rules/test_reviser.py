@@ -37,7 +37,7 @@ def test_parse_accepts_only_well_formed_edits_on_shown_ids():
       "UPVOTE R3 because it helped",  # malformed: trailing words
       "- UPVOTE R3",  # malformed: bullets are not the format
       "upvote R3",  # malformed: lower case
-      "MERGE R2, R3 : Both rules.",
+      "MERGE R2, R3 : Both of them.",
       "REMOVE R3",  # rejected: over the limit of 4 edits (R3 was also merged)
     ]
   )
@@ -46,7 +46,7 @@ def test_parse_accepts_only_well_formed_edits_on_shown_ids():
     Edit("ADD", (), "Look in the drawers first.", PICK),
     Edit("ADD", (), "Open closed containers.", "global"),
     Edit("EDIT", (1,), "Better text."),
-    Edit("MERGE", (2, 3), "Both rules."),
+    Edit("MERGE", (2, 3), "Both of them."),
   ]
   assert [reason for _, reason in result.rejected] == [
     "scope not allowed",
@@ -69,9 +69,9 @@ def test_parse_every_form():
 
 
 def test_parse_thousands_of_edits_keeps_the_first_few():
-  text = "\n".join(f"ADD global: Rule number {i}." for i in range(5000)) + "\nUPVOTE R1\n" * 3
+  text = "\n".join(f"ADD global: Tip number {i}." for i in range(5000)) + "\nUPVOTE R1\n" * 3
   result = parse_edits(text, {1}, ("global",), max_rule_chars=40, max_edits=6)
-  assert [e.text for e in result.edits] == [f"Rule number {i}." for i in range(6)]
+  assert [e.text for e in result.edits] == [f"Tip number {i}." for i in range(6)]
   assert len(result.rejected) == 4997 and result.malformed == 0
   assert {reason for _, reason in result.rejected} == {"over max_edits_per_revision"}
   huge = parse_edits("EDIT R1: " + "y" * 1_000_000, {1}, ("global",), 40, 6)
@@ -286,6 +286,25 @@ def test_example_edits_close_the_prompt_and_copies_of_them_are_degenerate():
     Reviser(config, lambda p: [])
 
 
+def test_openers_are_asked_for_and_given_to_the_grammar():
+  pool = scripted_pool()
+  config = reviser_lib.get_config()
+  config.openers, config.digits = ("Never", "Before"), False
+  reviser = Reviser(config, lambda p: [])
+  groups, _ = reviser.groups(
+    [ep("k", PICK, False, ["go to place 1"]), ep("k", PICK, True, ["take cup 1"])], None
+  )
+  prompt = reviser.build_prompt(groups[0], pool)
+  assert prompt.endswith(
+    "Write only edit lines, nothing else. Start each rule text with one of: Never, Before."
+  )
+  g = reviser.grammar(groups[0], pool)
+  assert (g.openers, g.digits, g.shown_ids) == (("Never", "Before"), False, (1, 2))
+  config.constrained = False
+  with pytest.raises(ValueError, match=r"rules.reviser.openers=\('Never', 'Before'\): expected a"):
+    Reviser(config, lambda p: [])
+
+
 def test_config_validation():
   c = reviser_lib.get_config()
   bad = ml_collections.ConfigDict(c.to_dict())
@@ -313,8 +332,9 @@ def test_degenerate_texts_are_rejected_and_counted():
       "ADD global: Put a cup in cabinet",  # the task, copied
       "ADD global: take cup 1.",  # a step of a rollout, copied
       "ADD global: Write only edits.",  # the instructions, copied
-      "ADD global: I am a rule.",  # 'am' is a word
-      "ADD pick_and_place_simple: i am a  RULE!",  # the edit above again
+      "ADD global: I am a cook.",  # 'am' is a word
+      "ADD pick_and_place_simple: i am a  COOK!",  # the edit above again
+      "ADD global: Never use the rule ids above.",  # of the instructions, not the task
       "ADD global: The next step is the final step. The next step is the final step.",
       "ADD global: Open every closed cabinet and drawer before you look for the object inside.",
     ]
@@ -323,7 +343,7 @@ def test_degenerate_texts_are_rejected_and_counted():
   result = parse_edits(text, {1, 2}, (PICK, "global"), 80, 6, rules, prompt)
   assert result.edits == [
     Edit("MERGE", (1, 2), "Look on the countertop first."),
-    Edit("ADD", (), "I am a rule.", "global"),
+    Edit("ADD", (), "I am a cook.", "global"),
     Edit(
       "ADD", (), "Open every closed cabinet and drawer before you look for the object inside.",
       "global",
@@ -337,9 +357,10 @@ def test_degenerate_texts_are_rejected_and_counted():
     "degenerate: copies the prompt",
     "degenerate: copies the prompt",
     "degenerate: duplicate edit",
+    "degenerate: about the rules, not the task",
     "degenerate: repeats itself",  # 14 words, 5 distinct
   ]
-  assert (result.degenerate, result.malformed) == (8, 0)
+  assert (result.degenerate, result.malformed) == (9, 0)
 
 
 def test_a_text_made_of_runs_of_the_prompt_copies_it():
@@ -349,7 +370,7 @@ def test_a_text_made_of_runs_of_the_prompt_copies_it():
     "pick_and_place_simple or global. Use only the rule ids listed above. A rule text is one "
     "short general instruction of atm"
   )
-  advice = "Use only the rules that fit the task you are given."  # 'rules', not 'rule': 0 runs
+  advice = "Use only the tools that fit the task you are given."  # no run of 4 in the prompt
   result = parse_edits(f"ADD global: {copy}\nADD global: {advice}", set(), (PICK, "global"), 200, 6,
                        {}, prompt)  # fmt: skip
   assert result.edits == [Edit("ADD", (), advice, "global")]
@@ -511,7 +532,7 @@ def test_prompts_shrink_to_what_the_model_can_read_and_the_rest_are_skipped():
   assert (report.revised, report.skipped_too_long, report.applied) == (0, 1, 0)
 
 
-def test_real_model_with_an_answer_prefix_adds_a_rule(smollm2):
+def test_real_model_with_an_answer_prefix_writes_an_add_line(smollm2):
   lm, sampler = smollm2
   pool = scripted_pool()
   config = reviser_lib.get_config()
@@ -527,8 +548,10 @@ def test_real_model_with_an_answer_prefix_adds_a_rule(smollm2):
   n = len(pool)
   report = Reviser(config, generate).revise(pool, episodes, epoch=1)
   print("real model output with prefix:", repr(report.outputs[0]))
-  assert report.outputs[0].startswith(f"ADD {PICK}:")
-  assert report.applied_by_op.get("ADD") == 1 and len(pool) == n + 1
+  assert report.outputs[0].startswith(f"ADD {PICK}: The rule is to take a cup of a cabinet.")
+  # ...which speaks of the rule rather than the task: refused, and counted as degenerate.
+  assert report.rejected_reasons == {"degenerate: about the rules, not the task": 1}
+  assert (report.applied, report.degenerate, len(pool)) == (0, 1, n)
   pool.check_invariants()
 
 

@@ -74,6 +74,29 @@ def test_edit_regex_allows_the_forms_on_shown_ids_and_scopes_only():
   assert "EDIT" not in no_ids and "UPVOTE" not in no_ids and "MERGE" not in no_ids
 
 
+def test_openers_and_no_digits_shape_every_rule_text():
+  g = EditGrammar(PICK, (3,), 24, 2, openers=("Never", "Do not"), digits=False)
+  ok = [
+    "ADD global: Never go back.",
+    "EDIT R3: Do not take it twice\nUPVOTE R3",
+    "MERGE R3,R3: Do not " + "x" * 17,
+  ]
+  bad = [
+    "ADD global: Open the fridge.",  # no opener
+    "ADD global: Never ",  # an opener and no word
+    "ADD global: Never 2 times",  # a word must follow it
+    "ADD global: Never take apple 2",  # a digit
+    "ADD global: Neverland is far",  # the opener is a whole word
+    "MERGE R3,R3: Do not " + "x" * 18,  # 25 characters
+  ]
+  assert [bool(re.fullmatch(edit_regex(g), t)) for t in ok] == [True] * len(ok)
+  assert [bool(re.fullmatch(edit_regex(g), t)) for t in bad] == [False] * len(bad)
+  with pytest.raises(ValueError, match=r"EditGrammar.openers: 'Before it': expected words"):
+    EditGrammar(PICK, (), 10, 2, openers=("Before it",))  # no room for a word in 10
+  with pytest.raises(ValueError, match=r"EditGrammar.openers: '1st': expected words"):
+    EditGrammar(PICK, (), 20, 2, openers=("1st",))
+
+
 def test_edit_grammar_fails_early():
   with pytest.raises(ValueError, match=r"EditGrammar.task_type='a b': expected"):
     EditGrammar("a b", (), 20, 2)
@@ -142,7 +165,8 @@ def test_edit_tables_size_and_cap(tok):
 
 GRAMMARS = (
   EditGrammar(PICK, (1, 2, 12), max_rule_chars=24, max_edits=3),
-  EditGrammar("look_at_obj_in_light", (), max_rule_chars=8, max_edits=2),
+  # Texts open with 'If ' or 'Never ' and a letter, and hold no digit.
+  EditGrammar("look_at_obj_in_light", (), 8, 2, openers=("If", "Never"), digits=False),
 )
 
 
