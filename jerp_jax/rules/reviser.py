@@ -106,10 +106,10 @@ def get_config() -> ml_collections.ConfigDict:
   # copied from them is a copy of the prompt: rejected as degenerate. (): none.
   c.examples = ()
   # With `constrained`: words every rule text opens with (grammar.EditGrammar.openers), e.g.
-  # ('Always', 'Never', 'Before', 'After'), named in the instructions; (): any word. And whether a
-  # rule text may hold digits (False: it cannot name one game's 'apple 2' or 'fridge 1').
+  # ('Always', 'Never', 'Before', 'After'), named in the instructions; (): any word. And
+  # `words_only`: rule texts of letters, spaces and , . ' - (no digits, '_' or symbols).
   c.openers = ()
-  c.digits = True
+  c.words_only = False
   return c
 
 
@@ -131,7 +131,7 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "rules.reviser")
     "openers": ("a tuple of words (e.g. ('Always', 'Before')), with constrained=True",
                 lambda v: isinstance(v, (tuple, list)) and (c.constrained or not v) and all(
                   isinstance(x, str) and grammar_lib.OPENER.fullmatch(x) for x in v)),
-    "digits": checks.BOOL,
+    "words_only": checks.BOOL,
   })  # fmt: skip
   if c.constrained and c.answer_prefix:
     checks.fail(
@@ -485,7 +485,7 @@ class Reviser:
     c = self.config
     return grammar_lib.EditGrammar(
       group.task_type, group.shown_ids, pool.max_rule_chars, c.max_edits_per_revision,
-      tuple(c.openers), c.digits,
+      tuple(c.openers), c.words_only,
     )  # fmt: skip
 
   def revise(

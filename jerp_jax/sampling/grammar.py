@@ -48,7 +48,8 @@ UNBOUNDED = 1 << 30  # a counter limit that never binds
 # segment counter bounds it exactly. Non-ASCII letters are left out: their UTF-8 classes multiply
 # the DFA's states.
 TEXT_CHAR = r"[\x20-\x39\x3B\x3D\x3F-\x5A\x5C\x5E-\x7B\x7D\x7E]"
-TEXT_CHAR_NO_DIGITS = r"[\x20-\x2F\x3B\x3D\x3F-\x5A\x5C\x5E-\x7B\x7D\x7E]"
+# With EditGrammar.words_only: words and plain punctuation only.
+WORD_CHAR = r"[A-Za-z ,.'\-]"
 EDIT_SEPARATORS = b":\n"
 # A rule opens with a word of two letters (or 'A '/'I ' and one), so "1." or "**/**" is no rule.
 _TEXT_HEADS = ((r"[A-Za-z]{2}", 2), (r"[AI] [A-Za-z]{2}", 4))  # (regex, its characters)
@@ -71,8 +72,9 @@ class EditGrammar:
   # any word. Advice reads as advice from its first word on: without them SmolLM2-135M wrote
   # actions ("take apple 2 from fridge 1") and task names as rules.
   openers: tuple[str, ...] = ()
-  # False: no digits in a rule text, so it cannot name one game's objects ('apple 2', 'fridge 1').
-  digits: bool = True
+  # True: letters, spaces and , . ' - only. No digits, so a rule cannot name one game's objects
+  # ('apple 2', 'fridge 1'); no '_' or symbols ('are_your_own_categories', '**/**').
+  words_only: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "shown_ids", tuple(sorted(set(int(i) for i in self.shown_ids))))
@@ -97,7 +99,7 @@ class EditGrammar:
 
 def _text(g: EditGrammar, max_chars: int | None) -> str:
   """A rule text: at most max_chars characters (None: unbounded, the counters bound it)."""
-  char = TEXT_CHAR if g.digits else TEXT_CHAR_NO_DIGITS
+  char = WORD_CHAR if g.words_only else TEXT_CHAR
   heads = [(o + " [A-Za-z]", len(o) + 2) for o in g.openers] or _TEXT_HEADS  # then a word
   alternatives = []
   for head, used in heads:

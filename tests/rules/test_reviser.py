@@ -289,7 +289,7 @@ def test_example_edits_close_the_prompt_and_copies_of_them_are_degenerate():
 def test_openers_are_asked_for_and_given_to_the_grammar():
   pool = scripted_pool()
   config = reviser_lib.get_config()
-  config.openers, config.digits = ("Never", "Before"), False
+  config.openers, config.words_only = ("Never", "Before"), True
   reviser = Reviser(config, lambda p: [])
   groups, _ = reviser.groups(
     [ep("k", PICK, False, ["go to place 1"]), ep("k", PICK, True, ["take cup 1"])], None
@@ -299,7 +299,7 @@ def test_openers_are_asked_for_and_given_to_the_grammar():
     "Write only edit lines, nothing else. Start each rule text with one of: Never, Before."
   )
   g = reviser.grammar(groups[0], pool)
-  assert (g.openers, g.digits, g.shown_ids) == (("Never", "Before"), False, (1, 2))
+  assert (g.openers, g.words_only, g.shown_ids) == (("Never", "Before"), True, (1, 2))
   config.constrained = False
   with pytest.raises(ValueError, match=r"rules.reviser.openers=\('Never', 'Before'\): expected a"):
     Reviser(config, lambda p: [])

@@ -74,10 +74,10 @@ def test_edit_regex_allows_the_forms_on_shown_ids_and_scopes_only():
   assert "EDIT" not in no_ids and "UPVOTE" not in no_ids and "MERGE" not in no_ids
 
 
-def test_openers_and_no_digits_shape_every_rule_text():
-  g = EditGrammar(PICK, (3,), 24, 2, openers=("Never", "Do not"), digits=False)
+def test_openers_and_words_only_shape_every_rule_text():
+  g = EditGrammar(PICK, (3,), 24, 2, openers=("Never", "Do not"), words_only=True)
   ok = [
-    "ADD global: Never go back.",
+    "ADD global: Never go back, don't.",
     "EDIT R3: Do not take it twice\nUPVOTE R3",
     "MERGE R3,R3: Do not " + "x" * 17,
   ]
@@ -86,6 +86,7 @@ def test_openers_and_no_digits_shape_every_rule_text():
     "ADD global: Never ",  # an opener and no word
     "ADD global: Never 2 times",  # a word must follow it
     "ADD global: Never take apple 2",  # a digit
+    "ADD global: Never use are_your_own",  # '_'
     "ADD global: Neverland is far",  # the opener is a whole word
     "MERGE R3,R3: Do not " + "x" * 18,  # 25 characters
   ]
@@ -165,8 +166,8 @@ def test_edit_tables_size_and_cap(tok):
 
 GRAMMARS = (
   EditGrammar(PICK, (1, 2, 12), max_rule_chars=24, max_edits=3),
-  # Texts open with 'If ' or 'Never ' and a letter, and hold no digit.
-  EditGrammar("look_at_obj_in_light", (), 8, 2, openers=("If", "Never"), digits=False),
+  # Texts open with 'If ' or 'Never ' and a letter, and hold only letters, spaces and , . ' -
+  EditGrammar("look_at_obj_in_light", (), 8, 2, openers=("If", "Never"), words_only=True),
 )
 
 
