@@ -484,8 +484,8 @@ class Reviser:
     """What the group's answer may be (after build_prompt, which sets the ids it shows)."""
     c = self.config
     return grammar_lib.EditGrammar(
-      group.task_type, group.shown_ids, pool.max_rule_chars, c.max_edits_per_revision,
-      tuple(c.openers), c.words_only,
+      group.task_type, group.shown_ids, pool.max_rule_chars, c.max_edits_per_revision, c.openers,
+      c.words_only,
     )  # fmt: skip
 
   def revise(
