@@ -1,12 +1,16 @@
-"""Rollout throughput of the default workload: the sampler's shared heads, tight buckets and
-automatic precision against the plain path (full prefill, powers of two, float32).
+"""Rollout throughput of the default workload: the config's sampler (tight buckets, shared heads
+where `sampling.prefix_cache` is on) in automatic precision against the plain path (full prefill,
+powers of two, float32).
 
   python benchmarks/rollout.py --config=configs/default.py
+  python benchmarks/rollout.py --config.sampling.prefix_cache=True   # with shared heads
 
 The embedded SmolLM2-135M plays G copies of the first tasks of the generated ALFWorld games in
-the config's prompt format, as an epoch's rollout does (rules off: the pool starts empty). Each
-path plays the same episodes with the same seeds: an untimed round that pays the compiles, then
-timed rounds from an empty prefix cache, alternating between the paths (the fastest counts). With exact prefix reuse both paths sample the same tokens, so they play the same
+the config's prompt format, answers decoded under the turn's admissible actions where the config
+asks for it (`agent.admissible_only`), as an epoch's rollout does (rules off: the pool starts
+empty). Each path plays the same episodes with the same seeds: an untimed round that pays the
+compiles, then timed rounds from an empty prefix cache, alternating between the paths (the
+fastest counts). In one precision both paths sample the same tokens, so they play the same
 games; `same_actions` says whether they did. Ends with one JSON line: turns_per_s,
 plain_turns_per_s, speedup, gen_tok_s, prompt_tok_s_saved (prompt tokens a second not prefilled
 thanks to shared heads), compiles, cpu, and the details.
@@ -48,9 +52,9 @@ def play(config, pool, lm, sampler, tasks, seed: int) -> dict:
   )
   gen = {"seconds": 0.0, "tokens": 0, "turns": 0}
 
-  def generate(prompts, turn_seed):
+  def generate(prompts, turn_seed, grammar=None):  # grammar: agent.admissible_only's tries
     start = time.perf_counter()
-    out = sampler.generate(lm.variables, prompts, params, seed=turn_seed)
+    out = sampler.generate(lm.variables, prompts, params, seed=turn_seed, grammar=grammar)
     gen["seconds"] += time.perf_counter() - start
     gen["tokens"] += sum(len(c.token_ids) for c in out)
     gen["turns"] += len(out)
@@ -145,6 +149,7 @@ def main(argv) -> None:
         plain_compiles=p["compiles"],
         cpu=cpu_name(),
         dtype=dtype,
+        prefix_cache=bool(config.sampling.prefix_cache),
         turns=f["turns"],
         prompt_tokens=f["prompt_tokens"],
         prefilled_tokens=f["prefilled_tokens"],
