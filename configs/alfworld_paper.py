@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.lora.alpha = 64.0
   c.sampling.max_new_tokens = 512
   c.sampling.temperature = 1.0
+  # The sampler's own default, which the CPU default turns off: here 8 copies of a task share its
+  # long head (system text, task, rules) every turn.
+  c.sampling.prefix_cache = True
   c.env = alfworld.get_config()  # ALFWorld's six task types, full-size rooms
   c.env.max_steps = 50
   c.env.generated.num_train = 3553  # the size of ALFWorld's train split, when generating

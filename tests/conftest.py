@@ -7,7 +7,7 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# model.dtype="auto" would be bfloat16 on CPUs with AMX: the exact-number tests (and the runs
+# model.dtype="auto" would be bfloat16 on CPUs with AMX or AVX512-BF16: the exact-number tests (and the runs
 # they start as subprocesses) compute in float32 on every machine. Tests of bfloat16 ask for it.
 os.environ.setdefault("JERP_AUTO_DTYPE", "float32")
 

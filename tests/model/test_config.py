@@ -110,19 +110,21 @@ def test_auto_dtypes_follow_the_backend(monkeypatch):
 
 
 def test_bf16_is_chosen_on_cpus_with_bf16_units(tmp_path, monkeypatch):
-  xeon, epyc = tmp_path / "xeon", tmp_path / "epyc"
+  xeon, zen4, zen3 = tmp_path / "xeon", tmp_path / "zen4", tmp_path / "zen3"
   xeon.write_text("processor : 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
-  epyc.write_text("processor : 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+  zen4.write_text("processor : 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+  zen3.write_text("processor : 0\nflags\t\t: fpu sse2 avx2 fma\n")
   assert model_config.cpu_flags(str(xeon)) >= {"avx512_bf16", "amx_bf16"}
   assert model_config.bf16_matmuls_are_fast("cpu", model_config.cpu_flags(str(xeon)))
-  assert not model_config.bf16_matmuls_are_fast("cpu", model_config.cpu_flags(str(epyc)))
+  assert model_config.bf16_matmuls_are_fast("cpu", model_config.cpu_flags(str(zen4)))
+  assert not model_config.bf16_matmuls_are_fast("cpu", model_config.cpu_flags(str(zen3)))
   assert not model_config.bf16_matmuls_are_fast("cpu", model_config.cpu_flags(str(tmp_path / "no")))
   assert model_config.bf16_matmuls_are_fast("gpu", frozenset())
   read = model_config.cpu_flags
   monkeypatch.delenv(model_config.AUTO_DTYPE_ENV)  # the suite's own float32 override
   monkeypatch.setattr(model_config, "cpu_flags", lambda: read(str(xeon)))
   assert model_config.resolve_dtype("auto") == "bfloat16"
-  monkeypatch.setattr(model_config, "cpu_flags", lambda: read(str(epyc)))
+  monkeypatch.setattr(model_config, "cpu_flags", lambda: read(str(zen3)))
   assert model_config.resolve_dtype("auto") == "float32"
   assert model_config.resolve_dtype("float16") == "float16"
   monkeypatch.setenv(model_config.AUTO_DTYPE_ENV, "float32")
