@@ -2,7 +2,8 @@
 
 What it measures, per batch size (default 1, 8, 32), for greedy decoding of `--new_tokens` (64)
 tokens after prompts of exactly `--prompt_len` (256) tokens, on the model of configs/default.py
-(the embedded SmolLM2-135M-Instruct GGUF, float32 on CPU):
+(the embedded SmolLM2-135M-Instruct GGUF in `model.dtype`: `auto` is bfloat16 on CPUs with AMX or
+AVX512-BF16; `--config.model.dtype=float32` compares like with torch's float32):
 
 * ours: `Sampler._prefill` (the prompt forward pass + the first token) and `Sampler._decode` (the
   remaining new_tokens - 1 steps in one jitted loop), each timed with `jax.block_until_ready`
