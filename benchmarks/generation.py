@@ -93,8 +93,11 @@ _TEXT = (
 )
 
 
-def make_prompts(tokenizer, batch: int, length: int) -> list[list[int]]:
-  """`batch` rows of exactly `length` ids: the text's tokens tiled, row i starting 13*i further."""
+def make_prompts(tokenizer, batch: int, length: int, vocab_size: int) -> list[list[int]]:
+  """`batch` rows of exactly `length` ids: the text's tokens tiled, row i starting 13*i further.
+  A model without a tokenizer (a preset's shape with random weights) gets seeded random ids."""
+  if tokenizer is None:
+    return np.random.default_rng(0).integers(1, vocab_size, (batch, length)).tolist()
   ids = tokenizer.encode(_TEXT)
   stream = ids * (2 + (length + 13 * batch) // len(ids))
   return [stream[(13 * i) % len(ids) :][:length] for i in range(batch)]
@@ -252,7 +255,8 @@ def main(argv: Sequence[str]) -> None:
   start = time.time()
 
   ours = Ours(config)
-  prompts = {b: make_prompts(ours.lm.tokenizer, b, plen) for b in batches}
+  vocab = ours.lm.model.args.vocab_size
+  prompts = {b: make_prompts(ours.lm.tokenizer, b, plen, vocab) for b in batches}
   print(
     f"model: {config.model.preset} from {ours.lm.source} "
     f"(dtype={model_config.runtime_options(config.model)['dtype']}, "

@@ -37,7 +37,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks.machine import cpu_name  # noqa: E402
-from jerp_jax import inference  # noqa: E402
+from jerp_jax.model import build  # noqa: E402
+from jerp_jax.parallel import mesh as mesh_lib  # noqa: E402
 from jerp_jax.rl import batch as batch_lib  # noqa: E402
 from jerp_jax.rl import learner as learner_lib  # noqa: E402
 
@@ -80,7 +81,8 @@ def matmul_peak(tokens: int, d: int, n: int, dtype: str, repeats: int = 5) -> fl
 def main(argv) -> None:
   del argv
   config = _CONFIG.value
-  lm, _ = inference.setup(config)
+  # Only the model: no sampler, no tokenizer (a preset's shape with random weights has none).
+  lm = build.build(config.model, mesh_lib.make_mesh(config.mesh.shape), seed=config.seed)
   args = lm.model.args
   cfg = config.rl.learner
   learner = learner_lib.Learner(
