@@ -45,6 +45,7 @@ import json
 import os
 import sys
 import time
+import types
 from typing import Any, Sequence
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,7 +114,9 @@ class Ours:
     sampler_lib.validate_config(config.sampling)
     self.mesh = mesh_lib.make_mesh(config.mesh.shape)
     self.lm = build.build(config.model, self.mesh, seed=config.seed)
-    tok = self.lm.tokenizer
+    # A preset's shape with random weights has no tokenizer: the prompts are ids, and nothing is
+    # decoded to text here, so the sampler needs only a pad id.
+    tok = self.lm.tokenizer or types.SimpleNamespace(eos_ids=NO_EOS, pad_id=0)
     self.sampler = sampler_lib.Sampler.from_config(
       self.lm.model, self.mesh, config.sampling, tok, config.model.max_seq_len, eos_ids=NO_EOS
     )

@@ -320,18 +320,13 @@ class Sampler:
     max_seq_len: int | None = None,
     eos_ids: Sequence[int] | None = None,
   ) -> Sampler:
-    """A sampler with the `sampling` block's options (what to generate is a SamplingParams).
-
-    `tokenizer` None (a preset's shape with random weights) needs `eos_ids`; it pads with id 0.
-    """
+    """A sampler with the `sampling` block's options (what to generate is a SamplingParams)."""
     validate_config(c)
-    if tokenizer is None and eos_ids is None:
-      raise ValueError("a sampler without a tokenizer needs its eos_ids")
     return cls(
       model,
       mesh,
       tokenizer.eos_ids if eos_ids is None else eos_ids,
-      0 if tokenizer is None else tokenizer.pad_id,
+      tokenizer.pad_id,
       tokenizer,
       max_seq_len=max_seq_len,
       prompt_bucket=c.prompt_bucket,

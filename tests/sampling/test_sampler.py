@@ -170,18 +170,6 @@ def test_sampling_params_from_config_keep_every_field():
     SamplingParams.from_config(c, seed=1)
 
 
-def test_a_sampler_without_a_tokenizer_needs_eos_ids_and_pads_with_0(tiny):
-  # A preset's shape with random weights has no tokenizer (benchmarks/generation.py on Qwen2.5).
-  lm, _ = tiny
-  c = sampler_lib.get_config()
-  with pytest.raises(ValueError, match="a sampler without a tokenizer needs its eos_ids"):
-    sampler_lib.Sampler.from_config(lm.model, lm.mesh, c, None)
-  s = sampler_lib.Sampler.from_config(lm.model, lm.mesh, c, None, max_seq_len=64, eos_ids=(1,))
-  assert (s.pad_id, tuple(s.eos_ids), s.tokenizer) == (0, (1,), None)
-  out = s.generate(lm.variables, [[5, 6, 7]], SamplingParams(3, temperature=0))
-  assert len(out[0].token_ids) >= 1 and out[0].text == ""
-
-
 def test_weights_are_converted_once_per_version(tiny):
   lm, _ = tiny
   s = tiny_sampler(lm, cpu_layout=True)
