@@ -115,8 +115,8 @@ class Ours:
     self.mesh = mesh_lib.make_mesh(config.mesh.shape)
     self.lm = build.build(config.model, self.mesh, seed=config.seed)
     # A preset's shape with random weights has no tokenizer: the prompts are ids, and nothing is
-    # decoded to text here, so the sampler needs only a pad id.
-    tok = self.lm.tokenizer or types.SimpleNamespace(eos_ids=NO_EOS, pad_id=0)
+    # decoded to text here, so the sampler needs only a pad id (its eos_ids are given below).
+    tok = self.lm.tokenizer or types.SimpleNamespace(pad_id=0)
     self.sampler = sampler_lib.Sampler.from_config(
       self.lm.model, self.mesh, config.sampling, tok, config.model.max_seq_len, eos_ids=NO_EOS
     )

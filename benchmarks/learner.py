@@ -4,8 +4,8 @@ matmul peak this machine measures in the dtype in use.
     python benchmarks/learner.py [--config=configs/default.py] [--rows=8] [--length=512]
         [--repeats=2]
 
-The embedded model (the config's dtype: bfloat16 on CPUs with AMX or AVX512-BF16, float32 elsewhere) takes
-`--repeats` timed updates of `--rows` turns of `--length` tokens (a prompt and a response of
+The embedded model (the config's dtype: bfloat16 on CPUs with AMX or AVX512-BF16, float32
+elsewhere) takes `--repeats` timed updates of `--rows` turns of `--length` tokens (a prompt and a response of
 `sampling.max_new_tokens` tokens), with the config's learner (LoRA, KL anchor, micro- and
 mini-batches), after one untimed update that pays the compile. Then it times a plain `jnp.dot`
 of the model's largest projection at the batch's token count, in the same dtype with float32
