@@ -39,6 +39,7 @@ from jerp_jax.agent import prompt as prompt_lib
 from jerp_jax.envs import pool as pool_lib
 from jerp_jax.envs import curriculum as curriculum_lib
 from jerp_jax.envs import registry
+from jerp_jax.model import config as model_config
 from jerp_jax.parallel import hosts
 from jerp_jax.parallel import mesh as mesh_lib
 from jerp_jax.rl import advantages as advantages_lib
@@ -124,6 +125,7 @@ def validate(config: ml_collections.ConfigDict, train: bool = True) -> None:
   """Every block the loop reads, checked before any model is loaded (`train=False`: what an
   evaluation reads, no learner)."""
   validate_config(config.jerp)
+  model_config.runtime_options(config.model)  # e.g. a bad model.remat fails here, in one line
   sampler_lib.validate_config(config.sampling)
   prompt_lib.validate_config(config.agent)
   rules_lib.validate_config(config.rules)

@@ -99,9 +99,19 @@ def test_auto_dtypes_follow_the_backend(monkeypatch):
   assert (cfg.dtype, cfg.param_dtype) == ("auto", "auto")
   opts = model_config.runtime_options(cfg)
   assert (opts["dtype"], opts["param_dtype"]) == ("float32", "float32")  # that CPU
+  assert opts["remat"] is False  # float32 on CPU: recomputing costs more than it saves
+  monkeypatch.setattr(model_config, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+  assert model_config.runtime_options(cfg)["remat"] is True  # bfloat16 on CPU
+  cfg.remat = "False"  # as --config.model.remat=False gives it
+  assert model_config.runtime_options(cfg)["remat"] is False
+  cfg.remat = "maybe"
+  with pytest.raises(ValueError, match=r"model.remat='maybe': expected 'auto', True or False"):
+    model_config.runtime_options(cfg)
+  cfg.remat = "auto"
   monkeypatch.setattr(model_config.jax, "default_backend", lambda: "tpu")
   opts = model_config.runtime_options(cfg)
   assert (opts["dtype"], opts["param_dtype"]) == ("bfloat16", "float32")  # trained: a master copy
+  assert opts["remat"] is False  # on an accelerator the recompute is extra work
   cfg.lora.rank = 8
   opts = model_config.runtime_options(cfg)
   assert (opts["dtype"], opts["param_dtype"]) == ("bfloat16", "bfloat16")  # frozen under LoRA
