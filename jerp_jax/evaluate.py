@@ -73,58 +73,40 @@ def play_model(config, tasks, split: str):
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
-  module = registry.env_module(config.env.name)
-  split = _SPLIT.value or module.SPLITS[0]
-  if split not in module.SPLITS:
-    raise app.UsageError(
-      f"--split={split!r} is not a split of {config.env.name}; expected one of {module.SPLITS}"
-    )
   if _POLICY.value == "expert" and _CHECKPOINT.value:
     raise app.UsageError("--checkpoint goes with --policy=model")
-  tasks = registry.load_tasks(config.env, split)
-  if _LIMIT.value is not None:
-    tasks = tasks[: _LIMIT.value]
-  if not tasks:
-    raise app.UsageError(f"split {split!r} of {config.env.name} has no tasks")
-  start = time.time()
-  epoch = None
+  logging.set_verbosity(logging.WARNING)
+  config, run = _CONFIG.value, _CHECKPOINT.value
+  module = registry.env_module(config.env.name)
+  split = _SPLIT.value or module.SPLITS[0]
+  try:
+    tasks = registry.load_split(config.env, split, "--split", _LIMIT.value or 0)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  start, epoch = time.time(), None
   if _POLICY.value == "model":
     figures, episodes, epoch = play_model(config, tasks, split)
-    where = (
-      f"checkpoint of epoch {epoch} in {_CHECKPOINT.value}"
-      if _CHECKPOINT.value
-      else "untrained weights from the config"
-    )
+    where = f"checkpoint of epoch {epoch} in {run}" if run else "untrained weights from the config"
   else:
     with pool_lib.EnvPool(config.env, config.pool, expert=True) as pool:
       episodes = episodes_lib.play(pool, ExpertPolicy(), tasks, batch_tasks=_BATCH.value)
-    figures = episodes_lib.figures(episodes, module.TASK_TYPES)
-    where = "the environment's expert"
-  reports.print_figures(
-    figures,
-    f"{config.env.name} {split}, policy {_POLICY.value} ({where}): {figures['episodes']} episodes "
-    f"in {time.time() - start:.1f}s",
-  )
+    figures, where = episodes_lib.figures(episodes, module.TASK_TYPES), "the environment's expert"
+  print(f"\n{config.env.name} {split}, policy {_POLICY.value} ({where}): {len(episodes)} episodes "
+        f"in {time.time() - start:.1f}s\n{reports.figures_text(figures)}")  # fmt: skip
   for e in episodes:
     if e.fault:
       print(f"  fault in {e.task.key}: {e.failure}", file=sys.stderr)
   header = {"env": config.env.name, "split": split, "policy": _POLICY.value}
-  if epoch is not None:
-    header["epoch"] = epoch
-  report = _REPORT.value
-  if report is None and _CHECKPOINT.value:
-    report = os.path.join(_CHECKPOINT.value, f"eval_{split}_epoch{epoch}.json")
+  header |= {} if epoch is None else {"epoch": epoch}
+  report = _REPORT.value or (run and os.path.join(run, f"eval_{split}_epoch{epoch}.json"))
   if report:
     with open(report, "w") as f:
       json.dump({**header, **figures, "records": [e.report() for e in episodes]}, f, indent=1)
     print(f"  report: {report}")
-  if _CHECKPOINT.value:
-    curve = os.path.join(_CHECKPOINT.value, "learning_curve.png")
-    records = reports.read_metrics(_CHECKPOINT.value)
-    if reports.plot_learning_curve(records, curve, f"{config.env.name}: {config.jerp.mode}"):
-      print(f"  learning curve: {curve}")
+  curve = run and os.path.join(run, "learning_curve.png")
+  title = f"{config.env.name}: {config.jerp.mode}"
+  if run and reports.plot_learning_curve(reports.read_metrics(run), curve, title):
+    print(f"  learning curve: {curve}")
   print(json.dumps({**header, **figures}))
 
 

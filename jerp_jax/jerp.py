@@ -134,18 +134,15 @@ def validate(config: ml_collections.ConfigDict, train: bool = True) -> None:
   checkpoint_lib.validate_config(config.checkpoint)
   pool_lib.validate_config(config.pool)
   curriculum(config)  # a bad stage fails here, naming it
-  module = registry.env_module(config.env.name)
   for field in ("train_split", "eval_split"):
-    split = config.jerp[field]
-    if split and split not in module.SPLITS:
-      raise ValueError(f"jerp.{field}={split!r}: expected one of {module.SPLITS}")
-  trains = config.jerp.mode in ("jerp", "grpo") or warm_started(config)
-  if trains and config.rl.learner.train == "lora":
-    if config.model.lora.rank < 1:
-      raise ValueError(
-        f"model.lora.rank={config.model.lora.rank!r}: rl.learner.train='lora' needs adapters "
-        "(the paper: rank 64, alpha 64), or set rl.learner.train='full'"
-      )
+    if config.jerp[field]:
+      registry.check_split(config.env.name, config.jerp[field], f"jerp.{field}")
+  trains = MODES[config.jerp.mode][1] or warm_started(config)
+  if trains and config.rl.learner.train == "lora" and config.model.lora.rank < 1:
+    raise ValueError(
+      f"model.lora.rank={config.model.lora.rank!r}: rl.learner.train='lora' needs adapters "
+      "(the paper: rank 64, alpha 64), or set rl.learner.train='full'"
+    )
   # The mesh spans the devices of every process: a shape that does not fit fails here, in one line.
   shape = mesh_lib.resolve_shape(config.mesh.shape, jax.device_count())
   rows = mesh_lib.mesh_axis_size(jax.sharding.AbstractMesh(shape, mesh_lib.AXES), "act_batch")
@@ -332,23 +329,16 @@ def update(parts: Parts, train: TrainState, episodes, seed: int) -> tuple[TrainS
     # Every group scored alike: no policy gradient, so no step (the KL term alone would only
     # pull towards where the policy already is; weight decay would move it for nothing).
     return train, {"update_seconds": 0.0, "turns": 0, "skipped": 1.0, "no_signal": 1.0}
-  start = time.time()
-  learner = parts.learner
+  start, learner = time.time(), parts.learner
+  rows, bucket = learner.rows_multiple, c.rl.learner.length_bucket
   batch = batch_lib.pack(
-    samples,
-    parts.tokenizer.pad_id,
-    learner.rows_multiple,
-    max_length=c.model.max_seq_len,
-    granularity=c.rl.learner.length_bucket,
+    samples, parts.tokenizer.pad_id, rows, max_length=c.model.max_seq_len, granularity=bucket
   )
   variables, opt_state, metrics = learner.update(train.variables, train.opt_state, batch, seed)
-  metrics = {k: float(v) for k, v in metrics.items()}
-  metrics.update(
-    update_seconds=time.time() - start,
-    turns=len(samples),
-    adv_mean=float(np.mean(adv)),
-    adv_abs=float(np.mean(np.abs(adv))),
-  )
+  metrics = {k: float(v) for k, v in metrics.items()} | {
+    "update_seconds": time.time() - start, "turns": len(samples),
+    "adv_mean": float(np.mean(adv)), "adv_abs": float(np.mean(np.abs(adv))),
+  }  # fmt: skip
   version = train.version + (1 if metrics["steps"] else 0)  # any optimizer step changed them
   return TrainState(variables, opt_state, version), metrics
 
@@ -430,28 +420,26 @@ def evaluate(parts: Parts, state: RunState, pool, tasks, seed: int, desc: str = 
 
 def expert_references(env, pool_config, tasks) -> list:
   """The env's expert played once on each task, as episode records (its wins seed references)."""
-  with pool_lib.EnvPool(registry.expert_env(env), pool_config, expert=True) as pool:
-    played = play(pool, policy_lib.ExpertPolicy(), tasks, 1, 0, "expert")
+  played = play_expert(env, pool_config, policy_lib.ExpertPolicy(), tasks, "expert")
   return [dataclasses.replace(e.record(), source=EXPERT) for e in played]
+
+
+def play_expert(env, pool_config, policy, tasks, desc: str) -> list:
+  """`policy` once on each task in a pool whose envs know the expert's actions (the expert, or
+  `rl.clone.DemoPolicy` writing them as the model's answers), within the expert's step limit."""
+  with pool_lib.EnvPool(registry.expert_env(env), pool_config, expert=True) as pool:
+    return play(pool, policy, tasks, 1, 0, desc)
 
 
 def warm_start(parts: Parts, state: RunState, env, train_tasks) -> tuple[RunState, dict[str, Any]]:
   """Behaviour cloning (`rl.clone`) from the expert's won demonstrations of training tasks.
   Returns the state with the cloned weights (version + 1) and a record."""
-  c, w = parts.config, parts.config.jerp.warm_start
-  start = time.time()
+  c, start = parts.config, time.time()
   demo = clone_lib.DemoPolicy(parts.tokenizer, c.agent, c.actions, parts.max_prompt_tokens)
-  with pool_lib.EnvPool(registry.expert_env(env), c.pool, expert=True) as pool:
-    demos = play(pool, demo, train_tasks[: w.tasks or None], 1, 0, "demonstrations")
-  variables, record = clone_lib.warm_start(
-    parts.model,
-    parts.mesh,
-    state.train.variables,
-    demos,
-    c,
-    parts.tokenizer.pad_id,
-    epoch_seed(state.rng, 0, WARM_START),
-  )
+  demos = play_expert(env, c.pool, demo, train_tasks[: c.jerp.warm_start.tasks or None], "demos")
+  seed = epoch_seed(state.rng, 0, WARM_START)
+  args = (parts.model, parts.mesh, state.train.variables, demos, c, parts.tokenizer.pad_id, seed)
+  variables, record = clone_lib.warm_start(*args)
   train = state.train.replace(variables=variables, version=state.train.version + 1)
   return state.replace(train=train), {**record, "seconds": time.time() - start}
 
@@ -471,12 +459,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     contextlib.ExitStack() as stack,
   ):
     restored = state_lib.restore_newest_readable(ckpt, state, key)
-    resumed = restored is not None
-    if c.warm_start.from_run and not resumed:
-      state_lib.warm_start_checkpoints(c.warm_start.from_run)  # before any evaluation
-    if resumed:
+    if resumed := restored is not None:
       state = restored
       print(f"resumed {workdir} after epoch {state.epoch} (task cursor {state.cursor})")
+    elif c.warm_start.from_run:
+      state_lib.warm_start_checkpoints(c.warm_start.from_run)  # before any evaluation
     # Every process holds the same state; process 0 alone writes what is written for people.
     writer = stack.enter_context(
       reports.MetricsWriter(workdir, state.epoch if resumed else None, hosts.is_main())
@@ -492,13 +479,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         return stage
       if stage is not None:
         stage.pool.close()
-      train_tasks = registry.load_tasks(env, c.train_split)
-      if not train_tasks:
-        raise ValueError(f"split {c.train_split!r} of {env.name} has no tasks")
-      eval_tasks = registry.load_tasks(env, eval_split(config))[: c.eval_limit or None]
-      stage = Stage(
-        env, train_tasks, eval_tasks, stack.enter_context(pool_lib.EnvPool(env, config.pool))
-      )
+      train_tasks = registry.load_split(env, c.train_split, "jerp.train_split")
+      eval_tasks = registry.load_split(env, eval_split(config), "jerp.eval_split", c.eval_limit)
+      pool = stack.enter_context(pool_lib.EnvPool(env, config.pool))
+      stage = Stage(env, train_tasks, eval_tasks, pool)
       if parts.use_rules and config.rules.reference.seed_from_expert:
         need = [t for t in train_tasks if state.rules.references.get(t.key) is None]
         if need:
@@ -550,14 +534,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state = evaluate_and_log(state)
       if state.epoch % config.checkpoint.every_epochs == 0 or state.epoch == c.epochs:
         state_lib.save(ckpt, state, key)
-  return {
-    "mode": c.mode,
-    "epochs": state.epoch,
-    "first_eval": state.history[0] if state.history else None,
-    "final_eval": state.history[-1] if state.history else None,
-    "rules": len(state.rules.pool),
-    "workdir": workdir,
-  }
+  evals = state.history or (None,)
+  return {"mode": c.mode, "epochs": state.epoch, "first_eval": evals[0], "final_eval": evals[-1],
+          "rules": len(state.rules.pool), "workdir": workdir}  # fmt: skip
 
 
 def write_rules(workdir: str, state: RunState) -> None:

@@ -46,15 +46,12 @@ def plot_learning_curve(records: Sequence[dict], path: str, title: str = "") -> 
   return True
 
 
-def print_figures(figures: dict, header: str) -> None:
-  print(f"\n{header}")
-  print(
-    f"  success {figures['success']:.3f}  score {figures['score']:.3f}  "
-    f"reward {figures['reward']:+.2f}  invalid {figures['invalid_rate']:.3f}  "
-    f"mean length {figures['mean_length']:.1f}  faults {figures['faults']}"
-  )
-  for task_type, rate in figures["success_by_type"].items():
-    print(f"  {task_type:<36} {rate:.3f}")
+def figures_text(f: dict[str, Any]) -> str:
+  """Figures as printed: a line of rates, then success by task type."""
+  lines = [f"  success {f['success']:.3f}  score {f['score']:.3f}  reward {f['reward']:+.2f}  "
+           f"invalid {f['invalid_rate']:.3f}  mean length {f['mean_length']:.1f}  "
+           f"faults {f['faults']}"]  # fmt: skip
+  return "\n".join(lines + [f"  {t:<36} {rate:.3f}" for t, rate in f["success_by_type"].items()])
 
 
 def eval_line(figs: dict[str, Any]) -> str:
@@ -115,12 +112,9 @@ class MetricsWriter:
       return
     if os.path.exists(self.path):
       # Records past the restored checkpoint belong to an epoch that will run again.
-      keep = []
-      if resume_epoch is not None:
-        with open(self.path) as f:
-          for line in f:
-            if line.strip() and json.loads(line).get("epoch", 0) <= resume_epoch:
-              keep.append(line)
+      with open(self.path) as f:
+        keep = [line for line in f if resume_epoch is not None and line.strip()
+                and json.loads(line).get("epoch", 0) <= resume_epoch]  # fmt: skip
       with open(self.path, "w") as f:
         f.writelines(keep)
     try:

@@ -70,24 +70,28 @@ class RunState:
     return dataclasses.replace(self, **changes)
 
 
+_HOST = ("epoch", "cursor", "mode")  # RunState fields saved as they are
+
+
 def to_checkpoint(state: RunState, trainable_key: str | None) -> tuple[dict, dict]:
   """(arrays, host) for `Checkpointer.save`. `trainable_key`: the collection that training changes
   ('lora' or 'params'), None when no stage does (only the key is saved then)."""
+  arrays = _arrays(state, trainable_key)
+  host = {f: getattr(state, f) for f in _HOST} | {
+    "version": state.train.version, "history": list(state.history),
+    "rule_pool": state.rules.pool.to_dict(), "reference": state.rules.references.to_dict(),
+  }  # fmt: skip
+  return arrays, host
+
+
+def _arrays(state: RunState, trainable_key: str | None) -> dict[str, Any]:
+  """The state's arrays on disk: the key, the trainables and (when it has some) optimizer state."""
   arrays: dict[str, Any] = {"rng": state.rng}
   if trainable_key is not None:
     arrays["trainable"] = state.train.variables[trainable_key]
   if state.train.opt_state is not None:
     arrays["opt_state"] = state.train.opt_state
-  host = {
-    "epoch": state.epoch,
-    "cursor": state.cursor,
-    "version": state.train.version,
-    "mode": state.mode,
-    "rule_pool": state.rules.pool.to_dict(),
-    "reference": state.rules.references.to_dict(),
-    "history": list(state.history),
-  }
-  return arrays, host
+  return arrays
 
 
 def save(ckpt: checkpoint_lib.Checkpointer, state: RunState, trainable_key: str | None) -> None:
@@ -99,42 +103,37 @@ def restore(
   template: RunState,
   trainable_key: str | None,
   step: int | None = None,
+  any_mode: bool = False,
 ) -> RunState:
   """The state saved at `step` (None: the latest), read into `template`'s shapes and shardings.
 
   A template without optimizer state (an evaluation's) reads only the key and the trainables:
   the optimizer state on disk is never loaded. Raises `checkpoint.Unreadable` for damaged files,
-  CannotResume for another mode's run, and ValueError when the step does not fit the
-  template (another config).
+  CannotResume for another mode's run (unless `any_mode`), and ValueError when the step does not
+  fit the template (another config).
   """
   step = ckpt.latest_step() if step is None else step
   host = ckpt.read_host(step)
-  if host.get("mode") != template.mode:
+  if host.get("mode") != template.mode and not any_mode:
     raise CannotResume(
       f"{ckpt.directory} holds a run of jerp.mode={host.get('mode')!r}, not {template.mode!r}: "
       "use another --workdir"
     )
-  target: dict[str, Any] = {"rng": template.rng}
-  if trainable_key is not None:
-    target["trainable"] = template.train.variables[trainable_key]
-  if template.train.opt_state is not None:
-    target["opt_state"] = template.train.opt_state
   # Partial: an evaluation's template (no optimizer state) leaves the saved one unread.
-  arrays, host = ckpt.restore(step, checkpoint_lib.abstract_like(target), partial=True)
+  target = checkpoint_lib.abstract_like(_arrays(template, trainable_key))
+  arrays, host = ckpt.restore(step, target, partial=True)
   variables = template.train.variables
   if trainable_key is not None:
     variables = {**variables, trainable_key: arrays["trainable"]}
-  return RunState(
-    train=TrainState(variables, arrays.get("opt_state"), int(host.get("version", 0))),
-    rules=RuleState(
-      RulePool.from_dict(host["rule_pool"]), ReferenceStore.from_dict(host["reference"])
-    ),
-    rng=arrays["rng"],
-    mode=template.mode,
-    epoch=int(host["epoch"]),
-    cursor=int(host["cursor"]),
-    history=tuple(host["history"]),
+  pool, references = (
+    RulePool.from_dict(host["rule_pool"]),
+    ReferenceStore.from_dict(host["reference"]),
   )
+  return template.replace(
+    train=TrainState(variables, arrays.get("opt_state"), int(host.get("version", 0))),
+    rules=RuleState(pool, references), rng=arrays["rng"], epoch=int(host["epoch"]),
+    cursor=int(host["cursor"]), history=tuple(host["history"]),
+  )  # fmt: skip
 
 
 def warm_start_checkpoints(workdir: str) -> str:
@@ -152,16 +151,15 @@ def warm_start_checkpoints(workdir: str) -> str:
 def adopt_warm_start(workdir: str, state: RunState, trainable_key: str) -> RunState:
   """`state` with the trainables of the warm start saved in `workdir` (that run's epoch-0
   checkpoint, whatever its mode): one warm start shared by runs of several modes."""
-  directory = warm_start_checkpoints(workdir)
   try:
-    with checkpoint_lib.Checkpointer(directory) as ckpt:
-      target = {"trainable": state.train.variables[trainable_key]}
-      arrays, _ = ckpt.restore(0, checkpoint_lib.abstract_like(target), partial=True)
+    with checkpoint_lib.Checkpointer(warm_start_checkpoints(workdir)) as ckpt:
+      template = state.replace(train=state.train.replace(opt_state=None))
+      variables = restore(ckpt, template, trainable_key, 0, any_mode=True).train.variables
   except (checkpoint_lib.Unreadable, ValueError) as e:  # damaged, or another model or rank
     raise CannotResume(f"jerp.warm_start.from_run={workdir!r}: {e}") from e
-  variables = {**state.train.variables, trainable_key: arrays["trainable"]}
-  train = state.train.replace(variables=variables, version=state.train.version + 1)
-  return state.replace(train=train)
+  return state.replace(
+    train=state.train.replace(variables=variables, version=state.train.version + 1)
+  )
 
 
 def restore_newest_readable(

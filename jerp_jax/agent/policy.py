@@ -82,45 +82,26 @@ class ModelPolicy:
       )
       for e, block in zip(episodes, found):
         self._blocks[id(e)] = block
+    history = lambda e: [(t.observation, t.action) for t in e.turns]
     prompts = [
-      prompt_lib.prompt_ids(
-        self.tokenizer,
-        c,
-        tag,
-        e.task_text,
-        self._blocks[id(e)].text,
-        [(t.observation, t.action) for t in e.turns],
-        e.latest.observation,
-        e.latest.admissible,
-        self.max_prompt_tokens,
-      )
+      prompt_lib.prompt_ids(self.tokenizer, c, tag, e.task_text, self._blocks[id(e)].text,
+                            history(e), e.latest.observation, e.latest.admissible,
+                            self.max_prompt_tokens)
       for e in episodes
-    ]
+    ]  # fmt: skip
     start = time.time()
-    if c.admissible_only:
-      completions = self.generate(prompts, seed, self._choices(episodes))
-    else:
-      completions = self.generate(prompts, seed)
+    grammars = (self._choices(episodes),) if c.admissible_only else ()
+    completions = self.generate(prompts, seed, *grammars)
     self.seconds += time.time() - start
     self.tokens += sum(len(x.token_ids) for x in completions)
     self._turn += 1
-    a = self.actions_cfg
-    turns = []
+    a, turns = self.actions_cfg, []
     for e, ids, x in zip(episodes, prompts, completions):
       text = self.prefix + x.text
       action, valid = actions_lib.parse_action(text, tag, a.max_action_chars, a.lowercase)
-      turns.append(
-        Turn(
-          e.latest.observation,
-          text,
-          action,
-          valid,
-          self._blocks[id(e)].rule_ids,
-          list(ids),
-          list(x.token_ids),
-          list(x.logprobs),
-        )
-      )
+      rule_ids = self._blocks[id(e)].rule_ids
+      turns.append(Turn(e.latest.observation, text, action, valid, rule_ids, list(ids),
+                        list(x.token_ids), list(x.logprobs)))  # fmt: skip
     return turns
 
   def _choices(self, episodes: Sequence[Episode]) -> list[grammar.Choices]:

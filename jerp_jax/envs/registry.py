@@ -47,6 +47,22 @@ def load_tasks(config, split: str) -> list[base.Task]:
   return env_module(config.name).load_tasks(config, split)
 
 
+def check_split(env_name: str, split: str, field: str) -> str:
+  """`split` if the env has it; else a one-line ValueError naming `field`."""
+  splits = env_module(env_name).SPLITS
+  if split not in splits:
+    raise ValueError(f"{field}={split!r} is not a split of {env_name}; expected one of {splits}")
+  return split
+
+
+def load_split(config, split: str, field: str, limit: int = 0) -> list[base.Task]:
+  """The first `limit` tasks (0: all) of a split that has some; else a one-line ValueError."""
+  tasks = load_tasks(config, check_split(config.name, split, field))[: limit or None]
+  if not tasks:
+    raise ValueError(f"{field}={split!r}: that split of {config.name} has no tasks")
+  return tasks
+
+
 EXPERT_MAX_STEPS = 50  # ALFWorld's episode limit: every expert walkthrough fits
 
 
