@@ -99,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.jerp.max_update_turns = 16
   c.jerp.eval_limit = 8
   c.jerp.eval_every = 0
+  # The 135M writer's rules are no advice, and one can wreck greedy play: a revision is kept
+  # only if the epoch's tasks, played greedily, go no worse with it (jerp.check_revisions).
+  c.jerp.check_revisions = True
   # Behaviour cloning of the expert's 74 turns on the 16 training games before RL: without it
   # the model never wins, and GRPO has no signal. 12 steps of 8 turns at a high LoRA rate take
   # the demonstrated tokens' NLL from 0.80 to 0.12 in ~3 minutes on 2 cores.

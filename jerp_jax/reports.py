@@ -86,6 +86,10 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
       f"rules +{x.get('applied_add', 0)} ~{edited} -{x.get('applied_remove', 0)} "
       f"(pool {x['pool_size']})"
     )
+    if "check" in x:  # jerp.check_revisions: the greedy check of the revised rules
+      k = x["check"]
+      verdict = "kept" if k["kept"] else "undone"
+      parts.append(f"{verdict}: {k['success']:.2f} vs {k['success_before']:.2f} before")
   parts.append(f"{r['tokens_per_s']:.0f} tok/s")
   parts.append(f"{r['env_steps_per_s']:.0f} env steps/s")
   if "update" in record:

@@ -479,3 +479,52 @@ def test_an_epoch_of_the_new_families_on_a_2x2x2_mesh_and_one_device(tmp_path, c
   assert (
     f"{preset} " in r.stdout and "on 1 cpu device(s)" in r.stdout and "done: 1 epochs" in r.stdout
   )
+
+
+@pytest.mark.parametrize(
+  "with_rule, without_rule, kept",
+  [
+    ((0.0, 3.0), (0.5, 2.0), False),  # fewer wins: undone
+    ((0.5, 2.5), (0.5, 2.0), False),  # as many wins in more steps: undone
+    ((0.5, 2.0), (0.5, 2.0), True),  # no worse: kept
+    ((1.0, 3.0), (0.5, 2.0), True),  # more wins: kept
+  ],
+)
+def test_a_revision_that_plays_worse_is_undone(cache_dir, monkeypatch, with_rule, without_rule,
+                                               kept):  # fmt: skip
+  """jerp.check_revisions: the epoch's revision adds a rule; the greedy check of the epoch's
+  tasks with and without it decides whether the epoch's state keeps it."""
+  from configs import tiny
+
+  config = tiny.get_config()
+  config.env.generated.cache_dir = cache_dir
+  config.jerp.mode, config.jerp.check_revisions = "rules_only", True
+  parts, state0 = jerp.build(config)
+  tasks = registry.load_tasks(config.env, "train")
+
+  def revise(parts, state, rules, episodes, epoch):
+    rules.pool.add("Open a closed receptacle before looking inside it.", epoch=epoch)
+    return {"applied_add": 1}
+
+  checked = []
+
+  def evaluate(parts, state, pool, tasks_, seed, desc="eval"):
+    checked.append((desc, [t.key for t in tasks_], seed))
+    success, length = with_rule if len(state.rules.pool) else without_rule
+    return {"success": success, "mean_length": length}, []
+
+  monkeypatch.setattr(jerp, "revise", revise)
+  monkeypatch.setattr(jerp, "evaluate", evaluate)
+  with pool_lib.EnvPool(config.env, config.pool) as pool:
+    state1, record = jerp.run_epoch(parts, state0, pool, tasks)
+  seed = jerp.epoch_seed(state0.rng, 1, jerp.CHECK)
+  epoch_keys = [
+    t.key for t in jerp.epoch_tasks(tasks, 0, 2, jerp.epoch_seed(state0.rng, 0, jerp.TASKS))
+  ]
+  assert checked == [("check", epoch_keys, seed)] * 2  # the epoch's own tasks, revised first
+  assert record["rules"]["check"] == {
+    "kept": kept, "success": with_rule[0], "success_before": without_rule[0],
+    "length": with_rule[1], "length_before": without_rule[1],
+  }  # fmt: skip
+  assert len(state1.rules.pool) == record["rules"]["pool_size"] == int(kept)
+  assert len(state0.rules.pool) == 0
