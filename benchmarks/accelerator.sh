@@ -6,8 +6,9 @@
 # (default OUT_DIR: $OUT, else runs/accelerator); one that fails is reported and the rest run.
 # The whole script stops within BUDGET seconds (default 540: under the device tool's 600-second
 # command limit): each run gets at most what is left, the most telling first, and those that no
-# longer fit are reported as skipped. It ends with one JSON line: every run's own JSON line (null
-# where it failed or was skipped), the device and the wall time.
+# longer fit are reported as skipped. RUNS="rollout learner ..." runs only those named (say, the
+# ones that failed last time). It ends with one JSON line: every run's own JSON line (null where it
+# failed or was skipped), the device and the wall time.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -24,6 +25,7 @@ names=()
 status=0
 run() {  # name, seconds at most, command...
   local name="$1" limit="$2"; shift 2
+  [ -n "${RUNS:-}" ] && [[ " $RUNS " != *" $name "* ]] && return
   local left=$((deadline - SECONDS))
   names+=("$name")
   echo "=== $name" | tee -a "$out/summary.txt"

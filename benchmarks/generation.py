@@ -58,7 +58,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from absl import app, flags, logging  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from benchmarks.machine import cpu_name  # pylint: disable=wrong-import-position
+from benchmarks.machine import device_name  # pylint: disable=wrong-import-position
 from jerp_jax.model import build, presets  # pylint: disable=wrong-import-position
 from jerp_jax.model import config as model_config  # pylint: disable=wrong-import-position
 from jerp_jax.parallel import mesh as mesh_lib  # pylint: disable=wrong-import-position
@@ -264,7 +264,7 @@ def main(argv: Sequence[str]) -> None:
     f"model: {config.model.preset} from {ours.lm.source} "
     f"(dtype={model_config.runtime_options(config.model)['dtype']}, "
     f"param_dtype={model_config.runtime_options(config.model)['param_dtype']}); "
-    f"{cores} cores, {cpu_name()}; jax {jax.__version__} on {jax.devices()[0].platform}; "
+    f"{cores} cores, {device_name()}; jax {jax.__version__} on {jax.devices()[0].platform}; "
     f"prompt_len={plen}, new_tokens={new}, greedy, best of {repeats}",
     flush=True,
   )
@@ -365,7 +365,7 @@ def main(argv: Sequence[str]) -> None:
       "repeats": repeats,
       "dtype": model_config.runtime_options(config.model)["dtype"],
       "param_dtype": model_config.runtime_options(config.model)["param_dtype"],
-      "device": f"{jax.devices()[0].platform}: {cpu_name()} ({cores} cores)",
+      "device": f"{jax.devices()[0].platform}: {device_name()} ({cores} cores)",
       "jax": jax.__version__,
       "torch": torch_version,
     }

@@ -37,7 +37,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from benchmarks.machine import cpu_name  # pylint: disable=wrong-import-position
+from benchmarks.machine import device_name  # pylint: disable=wrong-import-position
 from jerp_jax.model import build  # pylint: disable=wrong-import-position
 from jerp_jax.parallel import mesh as mesh_lib  # pylint: disable=wrong-import-position
 from jerp_jax.sampling import grammar as grammar_lib  # pylint: disable=wrong-import-position
@@ -136,7 +136,7 @@ def main(argv: Sequence[str]) -> None:
 
   # Sanity: the constrained rows are edits (up to the last, cut by the token budget).
   texts = [tok.decode(row.tolist()) for row in runs["constrained"][-1][2]]
-  print(f"{os.cpu_count()} cores, {cpu_name()}; batch {b}, prompt {_PROMPT_LEN.value}, new {n}")
+  print(f"{os.cpu_count()} cores, {device_name()}; batch {b}, prompt {_PROMPT_LEN.value}, new {n}")
   print(
     f"tables: {[t.states for t in tables]} states x {tables[0].next_state.shape[1]} tokens; "
     f"build cold {build_s['cold']:.2f} s, warm {build_s['warm']:.2f} s, "
@@ -150,7 +150,7 @@ def main(argv: Sequence[str]) -> None:
   print(f"ratio constrained / unconstrained: {ratio:.3f} (target >= 0.8)")
   print("first constrained row:", repr(texts[0][:200]))
   summary = dict(
-    cpu=cpu_name(),
+    cpu=device_name(),
     cores=os.cpu_count(),
     batch=b,
     prompt_len=_PROMPT_LEN.value,

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import device_name  # noqa: E402
 from jerp_jax.model import build  # noqa: E402
 from jerp_jax.parallel import mesh as mesh_lib  # noqa: E402
 from jerp_jax.rl import batch as batch_lib  # noqa: E402
@@ -127,7 +127,7 @@ def main(argv) -> None:
     "train": cfg.train,
     "kl": cfg.loss.kl_coef > 0,
     "dtype": args.dtype,
-    "cpu": cpu_name() if jax.default_backend() == "cpu" else str(jax.devices()[0].device_kind),
+    "cpu": device_name(),
   }
   print(
     f"{out['cpu']}, {args.dtype}: {rows}x{out['length']} tokens in {seconds:.2f} s = "

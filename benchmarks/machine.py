@@ -15,3 +15,10 @@ def cpu_name() -> str:
   except OSError:
     pass
   return platform.processor() or "unknown cpu"
+
+
+def device_name() -> str:
+  """What the figures were computed on: the CPU's model name, or the accelerator's kind."""
+  import jax  # pylint: disable=import-outside-toplevel  (cpu_name is read before jax starts)
+
+  return cpu_name() if jax.default_backend() == "cpu" else str(jax.devices()[0].device_kind)

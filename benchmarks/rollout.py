@@ -31,7 +31,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import device_name  # noqa: E402
 from jerp_jax import episodes as episodes_lib  # noqa: E402
 from jerp_jax.agent import policy as policy_lib  # noqa: E402
 from jerp_jax.envs import pool as pool_lib, registry  # noqa: E402
@@ -147,7 +147,7 @@ def main(argv) -> None:
         ),
         compiles=f["compiles"],
         plain_compiles=p["compiles"],
-        cpu=cpu_name(),
+        cpu=device_name(),
         dtype=dtype,
         prefix_cache=bool(config.sampling.prefix_cache),
         turns=f["turns"],

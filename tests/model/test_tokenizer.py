@@ -264,6 +264,14 @@ def test_unsupported_gguf_tokenizer_model(tmp_path):
   assert path in str(info.value)
 
 
+def test_a_transformers_without_our_gguf_api_is_named(tmp_path, monkeypatch):
+  from transformers.integrations.gguf import gguf_tokenizer_mapping
+
+  monkeypatch.delattr(gguf_tokenizer_mapping, "convert_gguf_tokenizer")
+  with pytest.raises(ImportError, match=r"transformers \S+ cannot .* transformers==5\.23\.0"):
+    load_tokenizer(str(_write_gguf(tmp_path / "model.gguf", "gpt2")))
+
+
 # --- errors --------------------------------------------------------------------------------------------
 
 
