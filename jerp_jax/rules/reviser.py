@@ -21,8 +21,9 @@ than the two allowed, a text that the pool refuses (empty, over `max_rule_chars`
 cut —, control characters, chat-template markers), an id already touched earlier in the same
 output, or comes after `max_edits_per_revision` accepted edits. It is also rejected, and counted as
 degenerate, when its text is no rule: no word of two letters, the text of an existing rule or of an
-earlier edit of the same output, or a copy of the prompt's text (one of its lines, or a text made
-mostly of runs of four of its words). Blank lines are ignored; any
+earlier edit of the same output, a copy of the prompt's text (one of its lines, or a text made
+mostly of runs of four of its words), or a text that names a numbered object ('apple 1': a detail
+of one game, which misled held-out games when kept). Blank lines are ignored; any
 other line is counted as malformed. Nothing the model writes can break the pool's invariants: the parser
 only proposes, and RulePool.apply checks again (an edit that conflicts with an earlier group's,
 e.g. on a rule that group removed, is rejected there).
@@ -217,6 +218,10 @@ REPEAT_MIN_WORDS = 12  # texts this long or longer are checked for repetition
 # Words of the instructions, not of any task: a text that uses them is about writing rules
 # ("Never write anything, use only the rule ids listed above.", SmolLM2-135M under openers).
 META_WORDS = frozenset({"rule", "rules", "edit", "edits", "ids", "scope", "scopes"})
+# A word and a number ('sinkbasin 1', 'drawer 2'): an object of one game, not advice. SmolLM2-135M
+# wrote such rules from its rollouts ("move apple 1 to microwave 1"); kept, they cost held-out
+# games (13 of 32 won without one run's four such rules, 6 with them, same weights; 2026-12-04).
+_NUMBERED = re.compile(r"\b[A-Za-z]+ \d+\b")
 
 
 def degenerate_reason(
@@ -229,8 +234,8 @@ def degenerate_reason(
 ) -> str | None:
   """Why a well-formed text is no rule, or None: no word, a text that keeps repeating itself, the
   text of an existing rule (other than those a MERGE joins) or of an earlier edit, or a copy of
-  the prompt's text (a line of it, or mostly runs of its words), or a text about rules and edits
-  (META_WORDS) rather than the task."""
+  the prompt's text (a line of it, or mostly runs of its words), a text about rules and edits
+  (META_WORDS) rather than the task, or one that names a numbered object (_NUMBERED)."""
   key = _key(text)
   if not _WORD.search(text):
     return "degenerate: no words"
@@ -247,6 +252,8 @@ def degenerate_reason(
     return "degenerate: copies the prompt"
   if META_WORDS.intersection(words):
     return "degenerate: about the rules, not the task"
+  if _NUMBERED.search(text):
+    return "degenerate: names a numbered object"
   return None
 
 

@@ -69,9 +69,9 @@ def test_parse_every_form():
 
 
 def test_parse_thousands_of_edits_keeps_the_first_few():
-  text = "\n".join(f"ADD global: Tip number {i}." for i in range(5000)) + "\nUPVOTE R1\n" * 3
+  text = "\n".join(f"ADD global: Tip number x{i}." for i in range(5000)) + "\nUPVOTE R1\n" * 3
   result = parse_edits(text, {1}, ("global",), max_rule_chars=40, max_edits=6)
-  assert [e.text for e in result.edits] == [f"Tip number {i}." for i in range(6)]
+  assert [e.text for e in result.edits] == [f"Tip number x{i}." for i in range(6)]
   assert len(result.rejected) == 4997 and result.malformed == 0
   assert {reason for _, reason in result.rejected} == {"over max_edits_per_revision"}
   huge = parse_edits("EDIT R1: " + "y" * 1_000_000, {1}, ("global",), 40, 6)
@@ -336,6 +336,7 @@ def test_degenerate_texts_are_rejected_and_counted():
       "ADD pick_and_place_simple: i am a  COOK!",  # the edit above again
       "ADD global: Never use the rule ids above.",  # of the instructions, not the task
       "ADD global: The next step is the final step. The next step is the final step.",
+      "ADD global: move apple 1 to microwave 1",  # objects of one game (SmolLM2-135M wrote it)
       "ADD global: Open every closed cabinet and drawer before you look for the object inside.",
     ]
   )
@@ -359,8 +360,9 @@ def test_degenerate_texts_are_rejected_and_counted():
     "degenerate: duplicate edit",
     "degenerate: about the rules, not the task",
     "degenerate: repeats itself",  # 14 words, 5 distinct
+    "degenerate: names a numbered object",
   ]
-  assert (result.degenerate, result.malformed) == (9, 0)
+  assert (result.degenerate, result.malformed) == (10, 0)
 
 
 def test_a_text_made_of_runs_of_the_prompt_copies_it():
