@@ -396,11 +396,14 @@ class RevisionReport:
   outputs: list[str] = dataclasses.field(default_factory=list)
 
   def metrics(self) -> dict[str, int]:
-    """Scalar counts for the metrics writer (prompts and outputs left out)."""
+    """Scalar counts for the metrics writer (prompts and outputs left out), rejections by reason."""
     out = {
       k: v for k, v in dataclasses.asdict(self).items() if isinstance(v, int) and k != "prompts"
     }
     out.update({f"applied_{op.lower()}": n for op, n in sorted(self.applied_by_op.items())})
+    # Reasons are a fixed set of phrases ('degenerate: duplicate rule' -> 'rejected_degenerate_...').
+    reasons = self.rejected_reasons.items()
+    out.update({"rejected_" + re.sub(r"\W+", "_", r).strip("_"): n for r, n in sorted(reasons)})
     return out
 
 

@@ -389,7 +389,9 @@ def test_degenerate_edits_are_counted_in_the_report():
   report = Reviser(reviser_lib.get_config(), Scripted({"k1": answer})).revise(pool, episodes)
   assert (report.proposed, report.applied, report.rejected, report.degenerate) == (3, 2, 1, 1)
   assert report.rejected_reasons == {"degenerate: duplicate rule": 1}
-  assert report.metrics()["degenerate"] == 1
+  assert (
+    report.metrics()["degenerate"] == report.metrics()["rejected_degenerate_duplicate_rule"] == 1
+  )
 
 
 # --- fuzzing: adversarial model output never breaks the pool ------------------------------------
