@@ -163,9 +163,8 @@ def _load_gguf(path: str) -> Tokenizer:
   # Imported here: importing the submodule directly skips the package's torch-importing GGUF reader.
   from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping
 
-  if not hasattr(
-    mapping, "convert_gguf_tokenizer"
-  ):  # 5.17 had another GGUF layout (seen on a GPU host)
+  # transformers 5.17 (on a lent GPU host) laid its GGUF tokenizer code out another way.
+  if not hasattr(mapping, "convert_gguf_tokenizer"):
     raise ImportError(
       f"transformers {transformers.__version__} cannot build a tokenizer from a GGUF file the way "
       "this package reads one: install the pinned version (requirements.txt: transformers==5.23.0)"

@@ -402,8 +402,9 @@ class RevisionReport:
     }
     out.update({f"applied_{op.lower()}": n for op, n in sorted(self.applied_by_op.items())})
     # Reasons are a fixed set of phrases ('degenerate: duplicate rule' -> 'rejected_degenerate_...').
-    reasons = self.rejected_reasons.items()
-    out.update({"rejected_" + re.sub(r"\W+", "_", r).strip("_"): n for r, n in sorted(reasons)})
+    out.update(
+      {"rejected_" + re.sub(r"\W+", "_", r).strip("_"): n for r, n in self.rejected_reasons.items()}
+    )
     return out
 
 
