@@ -1,16 +1,17 @@
 """Does it learn? `grpo`, `jerp`, `rules_only` and `react` on the same budget, tasks and seeds.
 
-    python benchmarks/learning.py [--config=configs/default.py] [--seeds=0,1,2]
-        [--modes=grpo,jerp,rules_only,react] [--epochs=2] [--out=runs/learning]
+    python benchmarks/learning.py [--config=configs/learning.py] [--seeds=0,1,2]
+        [--modes=grpo,jerp,rules_only,react] [--epochs=N] [--out=runs/learning]
         [any --config.FIELD=VALUE override, passed to every run]
 
 Per seed, runs `python -m jerp_jax.main` once for the start (the config's warm start, if it has
 one, and an evaluation of it: "before RL") and once per mode from there
 (`jerp.warm_start.from_run`), each in its own workdir under --out, with the same config: the
 same task stream for a seed, the same warm start and the same held-out games, evaluated greedily
-before RL and after the last epoch. Two epochs by default: the default config's own one epoch
-(sized for its 10-minute run) moves held-out success by noise; two keep the 4 modes x 3 seeds
-within 90 minutes on 2 cores. A finished run in --out is read again rather than retrained.
+before RL and after the last epoch. `configs/learning.py` (the default) plays one epoch of 64
+episodes and evaluates on 32 held-out games: the 4 modes x 3 seeds take about 75 minutes on 2
+cores. `react` (the warm-started policy, frozen, no rules) learns nothing from playing, so its run
+skips the epochs and only evaluates. A finished run in --out is read again rather than retrained.
 
 Prints, per mode, held-out success before -> after as mean ± std over seeds, each seed's gain,
 and success per task type; draws the evaluation curves of every run as `--out/learning.png`;
@@ -57,13 +58,25 @@ def shared_start(seed: int, args, overrides: list[str]) -> tuple[str | None, dic
   return (workdir if warm else None), evals[-1]
 
 
-def run(mode: str, seed: int, args, overrides: list[str], warm: str | None, before: dict) -> dict:
-  workdir = os.path.join(args.out, f"{mode}-seed{seed}")
-  flags = [*overrides, f"--config.jerp.mode={mode}", f"--config.seed={seed}"]
-  flags += [f"--config.jerp.epochs={args.epochs}"] if args.epochs else []
-  flags += ["--config.jerp.eval_at_start=False", "--config.jerp.warm_start.evaluate=False"]
+def mode_flags(mode: str, seed: int, epochs: int, warm: str | None) -> list[str]:
+  """The flags of one mode's run of a seed (`epochs` 0: the config's), from the shared start."""
+  flags = [f"--config.jerp.mode={mode}", f"--config.seed={seed}"]
+  if mode == "react":
+    # A frozen policy without rules: epochs would change nothing it is evaluated on, so its run
+    # evaluates the start alone (after the warm start, or the config's weights without one).
+    flags += ["--config.jerp.epochs=0", f"--config.jerp.eval_at_start={not warm}"]
+    flags += [f"--config.jerp.warm_start.evaluate={bool(warm)}"]
+  else:
+    flags += [f"--config.jerp.epochs={epochs}"] if epochs else []
+    flags += ["--config.jerp.eval_at_start=False", "--config.jerp.warm_start.evaluate=False"]
   if warm:
     flags += [f"--config.jerp.warm_start.from_run={warm}", "--config.jerp.warm_start.steps=0"]
+  return flags
+
+
+def run(mode: str, seed: int, args, overrides: list[str], warm: str | None, before: dict) -> dict:
+  workdir = os.path.join(args.out, f"{mode}-seed{seed}")
+  flags = [*overrides, *mode_flags(mode, seed, args.epochs, warm)]
   t0 = time.time()
   records = main_run(workdir, args, flags)
   evals = [r["eval"] for r in records if "eval" in r]
@@ -115,8 +128,8 @@ def plot(results: list[dict], path: str) -> None:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--config", default="configs/default.py")
-  p.add_argument("--epochs", type=int, default=2, help="epochs of RL per mode (0: the config's)")
+  p.add_argument("--config", default="configs/learning.py")
+  p.add_argument("--epochs", type=int, default=0, help="epochs of RL per mode (0: the config's)")
   p.add_argument("--out", default="runs/learning")
   p.add_argument("--modes", default="grpo,jerp,rules_only,react")
   p.add_argument("--seeds", default="0,1,2")
