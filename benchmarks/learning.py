@@ -9,7 +9,7 @@ one, and an evaluation of it: "before RL") and once per mode from there
 (`jerp.warm_start.from_run`), each in its own workdir under --out, with the same config: the
 same task stream for a seed, the same warm start and the same held-out games, evaluated greedily
 before RL and after the last epoch. `configs/learning.py` (the default) plays one epoch of 64
-episodes and evaluates on 32 held-out games: the 4 modes x 3 seeds take about 75 minutes on 2
+episodes and evaluates on 32 held-out games: the 4 modes x 3 seeds take about 65 minutes on 2
 cores. `react` (the warm-started policy, frozen, no rules) learns nothing from playing, so its run
 skips the epochs and only evaluates. A finished run in --out is read again rather than retrained.
 

@@ -1,6 +1,6 @@
 """The embedded default, sized to measure learning: `benchmarks/learning.py`'s config.
 
-    python benchmarks/learning.py          # 4 modes x 3 seeds on this config, ~75 min on 2 cores
+    python benchmarks/learning.py          # 4 modes x 3 seeds on this config, ~65 min on 2 cores
 
 The default run (`configs/default.py`) is sized for ten minutes: 8 episodes an epoch and 8
 held-out games, where one game is 0.125 and a seed's result moves by more than RL does. Here one
