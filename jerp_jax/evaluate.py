@@ -59,10 +59,11 @@ _REPORT = flags.DEFINE_string(
 def play_model(config, tasks, split: str):
   """(figures, episodes, epoch or None) of the model policy from --checkpoint (or the config)."""
   from jerp_jax import checkpoint, jerp  # pylint: disable=import-outside-toplevel
+  from jerp_jax.model.tokenizer import NoChatTemplate  # pylint: disable=import-outside-toplevel
 
   try:
     parts, state = jerp.load_for_eval(config, _CHECKPOINT.value, _STEP.value)
-  except (checkpoint.Unreadable, FileNotFoundError) as e:
+  except (checkpoint.Unreadable, FileNotFoundError, NoChatTemplate) as e:
     raise app.UsageError(str(e)) from e
   seed = jerp.epoch_seed(state.rng, state.epoch, jerp.EVAL_ONLY)
   with pool_lib.EnvPool(config.env, config.pool) as pool:

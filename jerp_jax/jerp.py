@@ -241,6 +241,7 @@ def build(config: ml_collections.ConfigDict, train: bool = True) -> tuple[Parts,
   validate(config, train)
   use_rules, update_policy = MODES[config.jerp.mode]
   lm, sampler = inference.setup(config)
+  lm.tokenizer.require_chat_template()  # the agent's prompts are chat: fail before any play
   learner = opt_state = None
   if update_policy and train:
     learner = learner_lib.Learner(

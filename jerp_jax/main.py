@@ -103,6 +103,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run_train(config, workdir: str) -> None:
   from jerp_jax import jerp, state  # pylint: disable=import-outside-toplevel
+  from jerp_jax.model.tokenizer import NoChatTemplate  # pylint: disable=import-outside-toplevel
 
   start = time.time()
   # A user's mistake (a bad config value, a workdir of another run) is one line, not a traceback.
@@ -112,7 +113,7 @@ def run_train(config, workdir: str) -> None:
     raise app.UsageError(str(e)) from e
   try:
     summary = jerp.train(config, workdir)
-  except state.CannotResume as e:
+  except (state.CannotResume, NoChatTemplate) as e:
     raise app.UsageError(str(e)) from e
   first, final = summary["first_eval"] or {}, summary["final_eval"] or {}
   print(

@@ -1,6 +1,7 @@
 """The JERP loop: its pure pieces, the epoch function in-process, then the real loop end to end
 on the tiny config (kill and resume, damaged checkpoints, evaluation, a mesh, the baselines)."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -528,3 +529,21 @@ def test_a_revision_that_plays_worse_is_undone(cache_dir, monkeypatch, with_rule
   }  # fmt: skip
   assert len(state1.rules.pool) == record["rules"]["pool_size"] == int(kept)
   assert len(state0.rules.pool) == 0
+
+
+def test_a_base_model_tokenizer_is_refused_in_one_line_before_any_play(tmp_path, cache_dir):
+  # The agent's prompts are chat messages: a tokenizer without a chat template (a base model's,
+  # such as the embedded Gemma 3 270M) is named before the first evaluation, not mid-episode.
+  path = os.path.join(ROOT, "tests", "fixtures", "make_tokenizer_reference.py")
+  spec = importlib.util.spec_from_file_location("make_tokenizer_reference", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  gguf = str(module.write_sentencepiece_gguf(tmp_path / "base.gguf", "llama"))
+  workdir = tmp_path / "run"
+  r = subprocess.run(
+    main_cmd(str(workdir), cache_dir, f"--config.model.tokenizer={gguf}"),
+    cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert r.returncode != 0
+  assert f"The tokenizer loaded from {gguf} has no chat template" in r.stderr, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr and "eval" not in r.stdout

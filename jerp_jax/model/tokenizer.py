@@ -39,6 +39,10 @@ _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.mod
 _TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
+class NoChatTemplate(ValueError):
+  """A chat prompt asked of a tokenizer without a chat template (a base model's)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Tokenizer:
   """A loaded tokenizer and the ids generation needs.
@@ -71,12 +75,19 @@ class Tokenizer:
       ids = ids.tolist()
     return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
+  def require_chat_template(self) -> None:
+    """Raises NoChatTemplate unless the tokenizer can render chat messages."""
+    if not self.hf.chat_template:
+      raise NoChatTemplate(
+        f"The tokenizer loaded from {self.source} has no chat template: a base model, whose "
+        "prompts must be raw text (the agent's are chat messages; use an instruct model)"
+      )
+
   def apply_chat_template(
     self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
   ) -> str:
     """The chat template rendered over `messages` (dicts with "role" and "content"), as text."""
-    if not self.hf.chat_template:
-      raise ValueError(f"The tokenizer loaded from {self.source} has no chat template.")
+    self.require_chat_template()
     switches = {} if self.enable_thinking is None else {"enable_thinking": self.enable_thinking}
     text = self.hf.apply_chat_template(
       messages, tokenize=False, add_generation_prompt=add_generation_prompt, **switches
