@@ -1,7 +1,10 @@
 """Shared test setup: 8 virtual CPU devices (for mesh tests) and the embedded model, loaded once."""
 
+import functools
+import importlib.util
 import os
 import pathlib
+import types
 
 # Must happen before jax is imported anywhere: sharding tests build a 2x2x2 mesh on these.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -17,6 +20,18 @@ import pytest  # noqa: E402
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # CI clones the project with the workplace's shared data folder beside it.
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@functools.cache
+def tokenizer_reference_script() -> types.ModuleType:
+  """tests/fixtures/make_tokenizer_reference.py as a module (only its `main` needs torch): it
+  writes the small GGUF tokenizers the tests load."""
+  path = os.path.join(FIXTURES, "make_tokenizer_reference.py")
+  spec = importlib.util.spec_from_file_location("make_tokenizer_reference", path)
+  assert spec is not None and spec.loader is not None
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def one_device_mesh():

@@ -4,6 +4,7 @@ import importlib
 import os
 
 import pytest
+from flax.traverse_util import flatten_dict
 
 from jerp_jax import jerp
 
@@ -20,17 +21,10 @@ def test_every_config_validates(name):
   jerp.validate(config)
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
 def test_the_learning_config_is_the_default_with_more_episodes_and_games():
   from configs import default, learning
 
-  base, bench = _flat(default.get_config().to_dict()), _flat(learning.get_config().to_dict())
+  base, bench = (flatten_dict(m.get_config().to_dict(), sep=".") for m in (default, learning))
   assert {k: bench[k] for k in bench if bench[k] != base.get(k)} == {
     "env.generated.num_eval_in_distribution": 32,
     "jerp.eval_limit": 32,

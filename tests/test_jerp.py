@@ -1,7 +1,6 @@
 """The JERP loop: its pure pieces, the epoch function in-process, then the real loop end to end
 on the tiny config (kill and resume, damaged checkpoints, evaluation, a mesh, the baselines)."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from jerp_jax import checkpoint, jerp, state as state_lib
 from jerp_jax.envs import pool as pool_lib
 from jerp_jax.envs import registry
 from jerp_jax.reports import read_metrics
+from tests.conftest import tokenizer_reference_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -534,11 +534,7 @@ def test_a_revision_that_plays_worse_is_undone(cache_dir, monkeypatch, with_rule
 def test_a_base_model_tokenizer_is_refused_in_one_line_before_any_play(tmp_path, cache_dir):
   # The agent's prompts are chat messages: a tokenizer without a chat template (a base model's,
   # such as the embedded Gemma 3 270M) is named before the first evaluation, not mid-episode.
-  path = os.path.join(ROOT, "tests", "fixtures", "make_tokenizer_reference.py")
-  spec = importlib.util.spec_from_file_location("make_tokenizer_reference", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  gguf = str(module.write_sentencepiece_gguf(tmp_path / "base.gguf", "llama"))
+  gguf = str(tokenizer_reference_script().write_sentencepiece_gguf(tmp_path / "base.gguf", "llama"))
   workdir = tmp_path / "run"
   r = subprocess.run(
     main_cmd(str(workdir), cache_dir, f"--config.model.tokenizer={gguf}"),

@@ -6,13 +6,11 @@ transformers' own (torch-requiring) GGUF path wrote; see tests/fixtures/make_tok
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,20 +19,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from jerp_jax.model.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
+from tests.conftest import tokenizer_reference_script  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "tests" / "fixtures" / "tokenizer_reference.json"
-REFERENCE_SCRIPT = REPO / "tests" / "fixtures" / "make_tokenizer_reference.py"
-
-
-@functools.cache
-def _reference_script() -> types.ModuleType:
-  """tests/fixtures/make_tokenizer_reference.py as a module (only its `main` needs torch)."""
-  spec = importlib.util.spec_from_file_location("make_tokenizer_reference", REFERENCE_SCRIPT)
-  assert spec is not None and spec.loader is not None
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _smollm2_gguf() -> str:
@@ -206,7 +194,7 @@ def test_model_config_enable_thinking_reaches_the_tokenizer():
 
 def _write_gguf(path: Path, tokenizer_model: str, **kwargs) -> Path:
   """The tiny sentencepiece-style GGUF the reference script also feeds to transformers."""
-  return _reference_script().write_sentencepiece_gguf(path, tokenizer_model, **kwargs)
+  return tokenizer_reference_script().write_sentencepiece_gguf(path, tokenizer_model, **kwargs)
 
 
 def test_sentencepiece_gguf_matches_transformers(reference, tmp_path):
