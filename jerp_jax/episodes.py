@@ -85,17 +85,10 @@ class Episode:
 
   def record(self, epoch: int = 0) -> EpisodeRecord:
     """The text-only view the rule side reads (reviser, reference store)."""
-    return EpisodeRecord(
-      task_key=self.task.key,
-      task_text=self.task_text,
-      task_type=self.task.task_type,
-      steps=tuple((t.observation, t.action) for t in self.turns),
-      won=self.won,
-      score=self.score,
-      rule_ids=episode_rule_ids(t.rule_ids for t in self.turns),
-      source=ROLLOUT,
-      epoch=epoch,
-    )
+    steps = tuple((t.observation, t.action) for t in self.turns)
+    rule_ids = episode_rule_ids(t.rule_ids for t in self.turns)
+    return EpisodeRecord(self.task.key, self.task_text, self.task.task_type, steps, self.won,
+                         self.score, rule_ids, ROLLOUT, epoch)  # fmt: skip
 
   def report(self) -> dict[str, Any]:
     out = {"task": self.task.key, "task_type": self.task.task_type, "task_text": self.task_text}
@@ -114,16 +107,10 @@ class Policy(Protocol):
 
 
 def play(
-  pool,
-  policy: Policy,
-  tasks: Sequence[base.Task],
-  group_size: int = 1,
-  seed: int = 0,
-  batch_tasks: int = 0,
-  desc: str = "episodes",
-  first_group: int = 0,
+  pool, policy: Policy, tasks: Sequence[base.Task], group_size: int = 1, seed: int = 0,
+  batch_tasks: int = 0, desc: str = "episodes", first_group: int = 0,
   any_live: Callable[[bool], bool] = bool,
-) -> list[Episode]:
+) -> list[Episode]:  # fmt: skip
   """Plays G episodes of each task; returns them slot by slot (task i's copies at i*G ... i*G+G-1).
 
   `batch_tasks` (0: all) bounds how many tasks share the pool at once. Turn t of a batch acts

@@ -146,18 +146,15 @@ def validate(config: ml_collections.ConfigDict, train: bool = True) -> None:
       registry.check_split(config.env.name, config.jerp[field], f"jerp.{field}")
   trains = MODES[config.jerp.mode][1] or warm_started(config)
   if trains and config.rl.learner.train == "lora" and config.model.lora.rank < 1:
-    raise ValueError(
-      f"model.lora.rank={config.model.lora.rank!r}: rl.learner.train='lora' needs adapters "
-      "(the paper: rank 64, alpha 64), or set rl.learner.train='full'"
-    )
+    lora = "rl.learner.train='lora'"
+    checks.fail(config.model, "model", "lora.rank", f"adapters (rank >= 1) for {lora} (the "
+                "paper: rank 64, alpha 64), or rl.learner.train='full'")  # fmt: skip
   # The mesh spans the devices of every process: a shape that does not fit fails here, in one line.
   shape = mesh_lib.resolve_shape(config.mesh.shape, jax.device_count())
   rows = mesh_lib.mesh_axis_size(jax.sharding.AbstractMesh(shape, mesh_lib.AXES), "act_batch")
   if train and MODES[config.jerp.mode][1] and config.rl.learner.micro_batch_size % rows:
-    raise ValueError(
-      f"rl.learner.micro_batch_size={config.rl.learner.micro_batch_size}: expected a multiple of "
-      f"{rows}, the ways mesh.shape={shape} splits batch rows (data × fsdp)"
-    )
+    checks.fail(config.rl.learner, "rl.learner", "micro_batch_size", f"a multiple of {rows}, the "
+                f"ways mesh.shape={shape} splits batch rows (data × fsdp)")  # fmt: skip
 
 
 def curriculum(config) -> list[curriculum_lib.Stage]:
@@ -252,20 +249,12 @@ def build(config: ml_collections.ConfigDict, train: bool = True) -> tuple[Parts,
   if use_rules and config.rules.retrieval.mode != "utility":
     embedder = embed_lib.Embedder.from_config(config.rules.embed, lm.model, lm.tokenizer)
   env = registry.env_module(config.env.name)
-  parts = Parts(
-    config, lm.model, lm.mesh, lm.tokenizer, sampler, learner, embedder, env, use_rules,
-    update_policy,
-  )  # fmt: skip
-  state = RunState(
-    train=TrainState(lm.variables, opt_state, 0),
-    rules=RuleState(
-      RulePool.from_config(config.rules.pool, env.TASK_TYPES),
-      ReferenceStore.from_config(config.rules.reference),
-    ),
-    rng=hosts.replicated(jax.random.PRNGKey(config.seed), lm.mesh),
-    mode=config.jerp.mode,
-  )
-  return parts, state
+  parts = Parts(config, lm.model, lm.mesh, lm.tokenizer, sampler, learner, embedder, env,
+                use_rules, update_policy)  # fmt: skip
+  rules = RuleState(RulePool.from_config(config.rules.pool, env.TASK_TYPES),
+                    ReferenceStore.from_config(config.rules.reference))  # fmt: skip
+  rng = hosts.replicated(jax.random.PRNGKey(config.seed), lm.mesh)
+  return parts, RunState(TrainState(lm.variables, opt_state, 0), rules, rng, config.jerp.mode)
 
 
 # --- what an epoch is made of -------------------------------------------------------------------
@@ -338,10 +327,8 @@ def update(parts: Parts, train: TrainState, episodes, seed: int) -> tuple[TrainS
     # pull towards where the policy already is; weight decay would move it for nothing).
     return train, {"update_seconds": 0.0, "turns": 0, "skipped": 1.0, "no_signal": 1.0}
   start, learner = time.time(), parts.learner
-  rows, bucket = learner.rows_multiple, c.rl.learner.length_bucket
-  batch = batch_lib.pack(
-    samples, parts.tokenizer.pad_id, rows, max_length=c.model.max_seq_len, granularity=bucket
-  )
+  length = dict(max_length=c.model.max_seq_len, granularity=c.rl.learner.length_bucket)
+  batch = batch_lib.pack(samples, parts.tokenizer.pad_id, learner.rows_multiple, **length)
   variables, opt_state, metrics = learner.update(train.variables, train.opt_state, batch, seed)
   metrics = {k: float(v) for k, v in metrics.items()} | {
     "update_seconds": time.time() - start, "turns": len(samples),
@@ -351,13 +338,13 @@ def update(parts: Parts, train: TrainState, episodes, seed: int) -> tuple[TrainS
   return TrainState(variables, opt_state, version), metrics
 
 
-def revise(parts: Parts, state: RunState, rules: RuleState, episodes, epoch: int) -> dict:
-  """The model revises `rules.pool` (in place: the epoch's own copy) from this epoch's episodes."""
+def revise(parts: Parts, state: RunState, rules: RuleState, records, epoch: int) -> dict:
+  """The model revises `rules.pool` (in place: the epoch's own copy) from this epoch's episode
+  records."""
   cfg = ml_collections.ConfigDict(parts.config.rules.reviser.to_dict())
   # A seed per epoch: a resumed run revises as the uninterrupted one did.
   cfg.seed = epoch_seed(state.rng, epoch, REVISE) + parts.config.rules.reviser.seed
   generate = reviser_lib.make_generate_fn(parts.sampler, state.train.variables, cfg)
-  records = [e.record(epoch) for e in episodes if not e.fault]
   report = reviser_lib.Reviser(cfg, generate).revise(rules.pool, records, rules.references, epoch)
   return report.metrics()
 
@@ -382,46 +369,34 @@ def run_epoch(
     (pool.stats.steps - steps) / max(pool.stats.wall_seconds - wall, 1e-9),
   )
   tokens_per_s, env_steps_per_s = (sum(r) for r in zip(*hosts.gather_objects(rates)))
-  record: dict[str, Any] = {
-    "epoch": epoch,
-    "train": episodes_lib.figures(episodes, parts.env.TASK_TYPES),
-    "rollout": {
-      "seconds": time.time() - start,
-      "tokens_per_s": tokens_per_s,
-      "env_steps_per_s": env_steps_per_s,
-      "env_steps": sum(e.length for e in episodes),
-    },
-  }
+  rollout = {"seconds": time.time() - start, "tokens_per_s": tokens_per_s, "env_steps_per_s":
+             env_steps_per_s, "env_steps": sum(e.length for e in episodes)}  # fmt: skip
+  figures = episodes_lib.figures(episodes, parts.env.TASK_TYPES)
+  record: dict[str, Any] = {"epoch": epoch, "train": figures, "rollout": rollout}
   train = state.train
   if parts.update_policy:
     train, record["update"] = update(parts, train, episodes, epoch_seed(state.rng, epoch, UPDATE))
   rules = state.rules
   if parts.use_rules:
-    rules = rules.copy()
-    for e in episodes:
-      if not e.fault:
-        rules.pool.record_use(rule_prompt.episode_rule_ids(t.rule_ids for t in e.turns), e.won)
-    added = rules.references.add_all(e.record(epoch) for e in episodes if e.won)
-    t0, unrevised = time.time(), rules.copy() if c.check_revisions else None
     # The reviser writes with the weights as updated this epoch.
-    revision = revise(parts, state.replace(train=train), rules, episodes, epoch)
+    rules, updated = rules.copy(), state.replace(train=train)
+    records = [e.record(epoch) for e in episodes if not e.fault]  # a fault says nothing of rules
+    for r in records:
+      rules.pool.record_use(r.rule_ids, r.won)
+    added = rules.references.add_all(r for r in records if r.won)
+    t0, unrevised = time.time(), rules.copy() if c.check_revisions else None
+    revision = revise(parts, updated, rules, records, epoch)
     if unrevised is not None and rules.pool.to_dict() != unrevised.pool.to_dict():
       seed = epoch_seed(state.rng, epoch, CHECK)
-      check = check_revision(parts, state.replace(train=train), rules, unrevised, pool, tasks, seed)
+      check = check_revision(parts, updated, rules, unrevised, pool, tasks, seed)
       rules = rules if check["kept"] else unrevised
       revision["check"] = check
-    record["rules"] = {
-      **revision,
-      "pool_size": len(rules.pool),
-      "references_added": added,
-      "references": len(rules.references),
-      "revise_seconds": time.time() - t0,
-    }
+    record["rules"] = {**revision, "pool_size": len(rules.pool), "references_added": added,
+                       "references": len(rules.references),
+                       "revise_seconds": time.time() - t0}  # fmt: skip
   record["seconds"] = time.time() - start
-  new = state.replace(
-    train=train, rules=rules, epoch=epoch, cursor=state.cursor + c.tasks_per_epoch
-  )
-  return new, record
+  return state.replace(train=train, rules=rules, epoch=epoch,
+                       cursor=state.cursor + c.tasks_per_epoch), record  # fmt: skip
 
 
 def check_revision(parts: Parts, state: RunState, revised: RuleState, unrevised: RuleState, pool,
@@ -490,9 +465,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     elif c.warm_start.from_run:
       state_lib.warm_start_checkpoints(c.warm_start.from_run)  # before any evaluation
     # Every process holds the same state; process 0 alone writes what is written for people.
-    writer = stack.enter_context(
-      reports.MetricsWriter(workdir, state.epoch if resumed else None, hosts.is_main())
-    )
+    writer = reports.MetricsWriter(workdir, state.epoch if resumed else None, hosts.is_main())
+    stack.callback(writer.close)
     stage: Stage | None = None
 
     def stage_for(epoch: int) -> Stage:
@@ -526,15 +500,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       return state.replace(history=state.history + (figs,))
 
     first = stage_for(state.epoch + 1)
-    n_params = sum(x.size for x in jax.tree.leaves(state.train.variables))
-    print(
-      f"JERP mode={c.mode} ({'rules' if parts.use_rules else 'no rules'}, "
-      f"{'policy updates' if parts.update_policy else 'frozen policy'}), "
-      f"{config.model.preset} {n_params / 1e6:.1f}M parameters on {jax.device_count()} "
-      f"{jax.devices()[0].platform} device(s), {len(first.train_tasks)} {c.train_split} tasks, "
-      f"{c.tasks_per_epoch}×{c.group_size} episodes per epoch, workdir {workdir}",
-      flush=True,
-    )
+    n_params = sum(x.size for x in jax.tree.leaves(state.train.variables)) / 1e6
+    print(f"JERP mode={c.mode} ({'rules' if parts.use_rules else 'no rules'}, "
+          f"{'policy updates' if parts.update_policy else 'frozen policy'}), {config.model.preset} "
+          f"{n_params:.1f}M parameters on {jax.device_count()} {jax.devices()[0].platform} "
+          f"device(s), {len(first.train_tasks)} {c.train_split} tasks, {c.tasks_per_epoch}×"
+          f"{c.group_size} episodes per epoch, workdir {workdir}", flush=True)  # fmt: skip
     if c.eval_at_start and not resumed:
       state = evaluate_and_log(state)  # the untrained policy: the curve's first point
     if warm_started(config) and not resumed:

@@ -10,7 +10,8 @@ import json
 import os
 from typing import Any, Sequence
 
-from absl import logging
+import tensorboardX
+from flax import traverse_util
 
 
 def plot_learning_curve(records: Sequence[dict], path: str, title: str = "") -> bool:
@@ -34,10 +35,8 @@ def plot_learning_curve(records: Sequence[dict], path: str, title: str = "") -> 
     ax.plot(epochs, ys, marker="o", linewidth=1, alpha=0.7, label=t)
   ax.plot(epochs, [e["success"] for e in evals], marker="s", color="black", linewidth=2.5,
           label="overall")  # fmt: skip
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("success rate")
-  ax.set_ylim(-0.02, 1.02)
-  ax.set_title(title or "Evaluation success by task type")
+  ax.set(xlabel="epoch", ylabel="success rate", ylim=(-0.02, 1.02),
+         title=title or "Evaluation success by task type")  # fmt: skip
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
@@ -73,34 +72,23 @@ def warm_start_line(r: dict[str, Any]) -> str:
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
   t, r = record["train"], record["rollout"]
-  parts = [
-    f"epoch {record['epoch']:3d}/{epochs}",
-    f"success {t['success']:.3f}",
-    f"reward {t['reward']:+.2f}",
-    f"invalid {t['invalid_rate']:.3f}",
-  ]
-  if "rules" in record:
-    x = record["rules"]
+  parts = [f"epoch {record['epoch']:3d}/{epochs}", f"success {t['success']:.3f}",
+           f"reward {t['reward']:+.2f}", f"invalid {t['invalid_rate']:.3f}"]  # fmt: skip
+  if x := record.get("rules"):
     edited = x.get("applied_edit", 0) + x.get("applied_merge", 0)
-    parts.append(
-      f"rules +{x.get('applied_add', 0)} ~{edited} -{x.get('applied_remove', 0)} "
-      f"(pool {x['pool_size']})"
-    )
-    if "check" in x:  # jerp.check_revisions: the greedy check of the revised rules
-      k = x["check"]
-      verdict = "kept" if k["kept"] else "undone"
-      parts.append(f"{verdict}: {k['success']:.2f} vs {k['success_before']:.2f} before")
-  parts.append(f"{r['tokens_per_s']:.0f} tok/s")
-  parts.append(f"{r['env_steps_per_s']:.0f} env steps/s")
-  if "update" in record:
-    u = record["update"]
+    parts.append(f"rules +{x.get('applied_add', 0)} ~{edited} -{x.get('applied_remove', 0)} "
+                 f"(pool {x['pool_size']})")  # fmt: skip
+    if k := x.get("check"):  # jerp.check_revisions: the greedy check of the revised rules
+      parts.append(f"{'kept' if k['kept'] else 'undone'}: {k['success']:.2f} vs "
+                   f"{k['success_before']:.2f} before")  # fmt: skip
+  parts += [f"{r['tokens_per_s']:.0f} tok/s", f"{r['env_steps_per_s']:.0f} env steps/s"]
+  if u := record.get("update"):
     parts.append(f"update {u['update_seconds']:.1f}s")
     if u.get("no_signal"):
       parts.append("(no signal: all advantages 0)")
     elif "loss" in u:
       parts.append(f"loss {u['loss']:+.4f}")
-  parts.append(f"[{record['seconds']:.0f}s]")
-  return "  ".join(parts)
+  return "  ".join(parts + [f"[{record['seconds']:.0f}s]"])
 
 
 class MetricsWriter:
@@ -109,9 +97,7 @@ class MetricsWriter:
   `enabled=False` (every process of a multi-host run but process 0) writes nothing at all."""
 
   def __init__(self, workdir: str, resume_epoch: int | None, enabled: bool = True):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.enabled = enabled
-    self.tb = None
+    self.path, self.enabled, self.tb = os.path.join(workdir, "metrics.jsonl"), enabled, None
     if not enabled:
       return
     if os.path.exists(self.path):
@@ -121,44 +107,21 @@ class MetricsWriter:
                 and json.loads(line).get("epoch", 0) <= resume_epoch]  # fmt: skip
       with open(self.path, "w") as f:
         f.writelines(keep)
-    try:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-
-      self.tb = SummaryWriter(os.path.join(workdir, "tb"))
-    except ImportError:  # optional: JSONL has everything
-      logging.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
+    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"))
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.enabled:
       return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
-    if self.tb is not None:
-      step = int(record.get("epoch", 0))
-      for key, value in _flatten(record).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
-          self.tb.add_scalar(key, value, step)
-      self.tb.flush()
+    for key, value in traverse_util.flatten_dict(record, sep="/").items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+        self.tb.add_scalar(key, value, int(record.get("epoch", 0)))
+    self.tb.flush()
 
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
-
-  def __enter__(self) -> MetricsWriter:
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

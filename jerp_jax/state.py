@@ -8,7 +8,7 @@
       epoch, cursor, history, mode
 
 What computes on the state (model, sampler, learner, embedder, env pool, reviser) is built from
-the config by `jerp.build_parts` and holds none of it. The weight version goes up by one with
+the config by `jerp.build` and holds none of it. The weight version goes up by one with
 every applied policy update; caches of derived weights (the sampler's merged LoRA, embeddings)
 key on it instead of on array identity.
 
@@ -70,20 +70,6 @@ class RunState:
     return dataclasses.replace(self, **changes)
 
 
-_HOST = ("epoch", "cursor", "mode")  # RunState fields saved as they are
-
-
-def to_checkpoint(state: RunState, trainable_key: str | None) -> tuple[dict, dict]:
-  """(arrays, host) for `Checkpointer.save`. `trainable_key`: the collection that training changes
-  ('lora' or 'params'), None when no stage does (only the key is saved then)."""
-  arrays = _arrays(state, trainable_key)
-  host = {f: getattr(state, f) for f in _HOST} | {
-    "version": state.train.version, "history": list(state.history),
-    "rule_pool": state.rules.pool.to_dict(), "reference": state.rules.references.to_dict(),
-  }  # fmt: skip
-  return arrays, host
-
-
 def _arrays(state: RunState, trainable_key: str | None) -> dict[str, Any]:
   """The state's arrays on disk: the key, the trainables and (when it has some) optimizer state."""
   arrays: dict[str, Any] = {"rng": state.rng}
@@ -95,7 +81,13 @@ def _arrays(state: RunState, trainable_key: str | None) -> dict[str, Any]:
 
 
 def save(ckpt: checkpoint_lib.Checkpointer, state: RunState, trainable_key: str | None) -> None:
-  ckpt.save(state.epoch, *to_checkpoint(state, trainable_key))
+  """`trainable_key`: the collection that training changes ('lora' or 'params'), None when no
+  stage does (only the key is saved then)."""
+  rules = state.rules
+  host = {"epoch": state.epoch, "cursor": state.cursor, "mode": state.mode,
+          "version": state.train.version, "history": list(state.history),
+          "rule_pool": rules.pool.to_dict(), "reference": rules.references.to_dict()}  # fmt: skip
+  ckpt.save(state.epoch, _arrays(state, trainable_key), host)
 
 
 def restore(
@@ -125,13 +117,11 @@ def restore(
   variables = template.train.variables
   if trainable_key is not None:
     variables = {**variables, trainable_key: arrays["trainable"]}
-  pool, references = (
-    RulePool.from_dict(host["rule_pool"]),
-    ReferenceStore.from_dict(host["reference"]),
-  )
+  rules = RuleState(RulePool.from_dict(host["rule_pool"]),
+                    ReferenceStore.from_dict(host["reference"]))  # fmt: skip
   return template.replace(
     train=TrainState(variables, arrays.get("opt_state"), int(host.get("version", 0))),
-    rules=RuleState(pool, references), rng=arrays["rng"], epoch=int(host["epoch"]),
+    rules=rules, rng=arrays["rng"], epoch=int(host["epoch"]),
     cursor=int(host["cursor"]), history=tuple(host["history"]),
   )  # fmt: skip
 

@@ -51,7 +51,8 @@ def test_bad_mode_and_missing_adapters_fail_early():
     jerp.validate(c)
   c = tiny.get_config()
   c.model.lora.rank = 0
-  with pytest.raises(ValueError, match="model.lora.rank=0: rl.learner.train='lora' needs adapters"):
+  expected = r"model.lora.rank=0: expected adapters \(rank >= 1\) for rl.learner.train='lora'"
+  with pytest.raises(ValueError, match=expected):
     jerp.validate(c)
   c = tiny.get_config()
   c.mesh.shape = (2, 2, 2)  # batch rows split 4 ways; micro-batches of 2 cannot be

@@ -12,8 +12,9 @@ import subprocess
 import sys
 
 import pytest
+from flax import traverse_util
 
-from jerp_jax.reports import _flatten, read_metrics
+from jerp_jax.reports import read_metrics
 from tests.test_jerp import (
   ROOT,
   assert_same_end_state,
@@ -80,7 +81,7 @@ def two_processes(tmp_path_factory, cache_dir):
 def assert_close_records(records_a, records_b):
   assert len(records_a) == len(records_b)
   for a, b in zip(without_timings(records_a), without_timings(records_b)):
-    a, b = _flatten(a), _flatten(b)
+    a, b = (traverse_util.flatten_dict(x, sep="/") for x in (a, b))
     assert sorted(a) == sorted(b)
     for key in a:
       if isinstance(a[key], float):

@@ -13,8 +13,9 @@ This module never steps an environment, trains or edits rules.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
 
@@ -33,29 +34,23 @@ RulesFn = Callable[[Sequence[str], Sequence[str]], Sequence[RuleBlock]]
 NO_RULES = RuleBlock("", ())
 
 
+@dataclasses.dataclass(eq=False)
 class ModelPolicy:
   """The language model acting through its prompt; counts its generated tokens and time."""
 
-  def __init__(
-    self,
-    generate: GenerateFn,
-    tokenizer,
-    agent_cfg: ml_collections.ConfigDict,
-    actions_cfg: ml_collections.ConfigDict,
-    max_prompt_tokens: int,
-    rules: RulesFn | None = None,
-  ):
-    self.generate = generate
-    self.tokenizer = tokenizer
-    self.agent_cfg = agent_cfg
-    self.actions_cfg = actions_cfg
-    self.max_prompt_tokens = max_prompt_tokens
-    self.rules = rules
-    self.prefix = agent_cfg.response_prefix.format(tag=actions_cfg.tag)
+  generate: GenerateFn
+  tokenizer: Any
+  agent_cfg: ml_collections.ConfigDict
+  actions_cfg: ml_collections.ConfigDict
+  max_prompt_tokens: int
+  rules: RulesFn | None = None
+  tokens: int = dataclasses.field(default=0, init=False)  # generated tokens, for tokens/s
+  seconds: float = dataclasses.field(default=0.0, init=False)  # time spent in generate
+
+  def __post_init__(self):
+    self.prefix = self.agent_cfg.response_prefix.format(tag=self.actions_cfg.tag)
     self._blocks: dict[int, RuleBlock] = {}  # id(episode) -> the rules in its prompt
     self._turn = 0  # turns acted since `begin`
-    self.tokens = 0  # generated tokens, for tokens/s
-    self.seconds = 0.0  # time spent in generate
 
   def begin(self, episodes: Sequence[Episode]) -> None:
     self._blocks = {id(e): NO_RULES for e in episodes}
@@ -122,8 +117,5 @@ class ExpertPolicy:
     pass
 
   def act(self, episodes: Sequence[Episode], seed: int) -> list[Turn | None]:
-    out: list[Turn | None] = []
-    for e in episodes:
-      action = e.latest.expert_action
-      out.append(None if action is None else Turn(e.latest.observation, action, action, True))
-    return out
+    return [None if (a := e.latest.expert_action) is None else
+            Turn(e.latest.observation, a, a, True) for e in episodes]  # fmt: skip
