@@ -63,7 +63,7 @@ def update_flops(args, rows: int, length: int, window: int, cfg) -> float:
   return forward + backward + anchor
 
 
-def matmul_peak(tokens: int, d: int, n: int, dtype: str, repeats: int = 5) -> float:
+def matmul_peak(tokens: int, d: int, n: int, dtype: str, repeats: int = 20) -> float:
   """TFLOP/s of a [tokens, d] x [d, n] dot in `dtype` with float32 accumulation, as the model's
   projections run."""
   x = jnp.ones((tokens, d), dtype)

@@ -207,6 +207,45 @@ def test_compute_dtype_bfloat16_runs_close_to_float32():
   assert np.abs(np.asarray(a) - np.asarray(b)).max() < 0.1 * np.abs(np.asarray(a)).max()
 
 
+def _dot_operand_dtypes(fn, *args):
+  """The operand dtypes of every dot in `fn`'s jaxpr (nested jaxprs included)."""
+  out = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        out.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+      for sub in jax.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return out
+
+
+def test_bfloat16_projection_backward_stays_in_bfloat16_with_the_same_gradients():
+  # Plain autodiff hands the transposed dots a float32 cotangent against bfloat16 operands, which
+  # XLA:CPU runs as float32 dots; `_contract_low` casts the (bf16-exact) cotangent back.
+  k = jax.random.split(jax.random.PRNGKey(0), 2)
+  x = jax.random.normal(k[0], (4, 32, 64)).astype(jnp.bfloat16)
+  w = (0.1 * jax.random.normal(k[1], (64, 8, 16))).astype(jnp.bfloat16)
+
+  def plain(x, w, n):
+    dims = ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ()))
+    return jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32).astype(x.dtype)
+
+  def loss(contract):
+    return lambda x, w: jnp.sum(jnp.sin(contract(x, w, 1).astype(jnp.float32)))
+
+  grad = lambda contract: jax.grad(loss(contract), argnums=(0, 1))
+  assert ("float32", "bfloat16") in _dot_operand_dtypes(grad(plain), x, w)  # what it replaces
+  assert set(_dot_operand_dtypes(grad(llama._contract_low), x, w)) == {("bfloat16", "bfloat16")}
+  np.testing.assert_array_equal(llama._contract_low(x, w, 1), plain(x, w, 1))
+  for a, b in zip(grad(plain)(x, w), grad(llama._contract_low)(x, w)):
+    assert a.dtype == b.dtype == jnp.bfloat16
+    # Same products, float32 sums in another order: at most one bf16 rounding step apart.
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2**-7)
+
+
 def test_remat_gives_same_loss_and_grads():
   lm = load("tiny_smollm2")
   tokens = jnp.asarray([[1, 2, 3, 4, 5, 6]])
