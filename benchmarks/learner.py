@@ -15,7 +15,9 @@ FLOPs counted per update (multiply-adds × 2): every projection's forward over e
 attention's two products over the causal half, the output head on the response window only (as
 the learner computes it); backward: the activations' gradients (the forward again, twice for
 attention) plus the trained weights' own (the adapters under LoRA: negligible; every weight for
-train='full'); the anchor's forward when kl_coef > 0. mfu = those FLOPs / time / peak.
+train='full'); the anchor's forward when kl_coef > 0. Not counted: the forward recomputed under
+model.remat (model FLOPs, not the hardware's). mfu = those FLOPs / time / peak.
+tests/test_benchmarks.py checks the count against the products in the traced update.
 
 Ends with one JSON line: tokens_per_s, flops_per_token, achieved_tflops, peak_tflops, mfu,
 update_seconds, dtype, cpu.
@@ -52,13 +54,15 @@ def update_flops(args, rows: int, length: int, window: int, cfg) -> float:
   """FLOPs of one update (see the module docstring)."""
   d, layers = args.hidden_size, args.num_layers
   heads, kv, hd, mlp = args.num_heads, args.num_kv_heads, args.head_dim, args.intermediate_size
-  proj = d * (heads + 2 * kv) * hd + heads * hd * d + 3 * d * mlp  # multiply-adds per token
-  tokens = rows * length
-  attention = 2 * heads * hd * (length + 1) / 2  # q·k and p·v over the causal half, per token
-  forward = 2 * layers * (proj + attention) * tokens + 2 * d * args.vocab_size * rows * window
-  backward = 2 * forward  # gradients of the activations (and of the trained weights' inputs)
-  if cfg.train == "full":
-    backward += 2 * layers * proj * tokens  # the weights' own gradients
+  weights = d * (heads + 2 * kv) * hd + heads * hd * d + 3 * d * mlp  # multiply-adds per token
+  causal = 2 * heads * hd * (length + 1) / 2  # q·k and p·v over the causal half, per token
+  proj, attention = (2 * layers * n * rows * length for n in (weights, causal))
+  head = 2 * d * args.vocab_size * rows * window
+  forward = proj + attention + head
+  # The activations' gradients: one product per frozen weight (x·W gives dx = dy·Wᵀ), two for
+  # attention's (both of its operands are activations). The weights' own (xᵀ·dy) only when they
+  # are trained: every one for train='full', the adapters (negligible) under LoRA.
+  backward = proj + 2 * attention + head + (proj + head if cfg.train == "full" else 0.0)
   anchor = forward if cfg.loss.kl_coef > 0 else 0.0
   return forward + backward + anchor
 
