@@ -13,7 +13,8 @@ compiles, then timed rounds from an empty prefix cache, alternating between the 
 fastest counts). In one precision both paths sample the same tokens, so they play the same
 games; `same_actions` says whether they did. Ends with one JSON line: turns_per_s,
 plain_turns_per_s, speedup, gen_tok_s, prompt_tok_s_saved (prompt tokens a second not prefilled
-thanks to shared heads), compiles, cpu, and the details.
+thanks to shared heads), compiles, cpu, and the details: phases and plain_phases (prefill and
+decode seconds of the fastest round) and decode_steps.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def play(config, pool, lm, sampler, tasks, seed: int) -> dict:
     turns=gen["turns"],
     prompt_tokens=stats.get("prompt_tokens", 0),
     prefilled_tokens=stats.get("prefilled_tokens", 0),
+    phases={k: round(stats.get(k, 0), 2) for k in ("prefill_seconds", "decode_seconds")},
+    decode_steps=stats.get("decode_steps", 0),
     actions=[[t.action for t in tr.turns] for tr in trajs],
   )
 
@@ -120,7 +123,9 @@ def main(argv) -> None:
         r = timed[name][-1]
         print(
           f"{name}: {r['turns']} turns in {r['seconds']:.1f}s (generation "
-          f"{r['gen_seconds']:.1f}s, {r['prefilled_tokens']}/{r['prompt_tokens']} prompt tokens "
+          f"{r['gen_seconds']:.1f}s: prefill {r['phases']['prefill_seconds']:.1f}s, "
+          f"{r['decode_steps']} decode steps {r['phases']['decode_seconds']:.1f}s; "
+          f"{r['prefilled_tokens']}/{r['prompt_tokens']} prompt tokens "
           f"prefilled; warm-up {warmup[name]['seconds']:.1f}s), {sampler.compiles} programs",
           flush=True,
         )
@@ -159,6 +164,10 @@ def main(argv) -> None:
         backend=jax.devices()[0].platform,
         seconds=f["all_seconds"],
         plain_seconds=p["all_seconds"],
+        # Of the fastest round: where generation's time went, and the decode steps it took.
+        phases=f["phases"],
+        plain_phases=p["phases"],
+        decode_steps=f["decode_steps"],
       )
     )
   )

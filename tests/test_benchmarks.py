@@ -47,6 +47,7 @@ def test_rollout_benchmark_decodes_under_the_admissible_actions_as_the_default_d
   assert 0 < r["prefilled_tokens"] < r["prompt_tokens"]  # the group's copies share their head
   assert r["dtype"] == "float32" and r["cpu"]
   assert r["compiles"] >= 1 and r["plain_compiles"] >= 1
+  assert r["decode_steps"] >= 1 and min(r["phases"].values()) > 0
 
 
 def test_learning_benchmark_runs_react_as_an_evaluation_of_the_shared_start():

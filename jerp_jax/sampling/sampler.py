@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import time
 from typing import Any, Sequence
 
 import flax
@@ -308,6 +309,8 @@ class Sampler:
     self._pool: KVCache | None = None  # allocated on first use
     # prompt_tokens: all prompt tokens seen; prefilled_tokens: those run through the model
     # (shared heads once, then each row's rest); the difference is what the prefix cache saved.
+    # prefill_seconds / decode_seconds: wall time until the prefill's results, then in decode
+    # calls (the host waits for each anyway); decode_steps: one per token position decoded.
     self.stats: collections.Counter = collections.Counter()
 
   @classmethod
@@ -758,6 +761,7 @@ class Sampler:
     variables = self.prepare(variables, version)
     self.stats["prompt_tokens"] += sum(len(x) for x in prompts)
     reuse = prefix_cache and self._blocks is not None
+    start = time.perf_counter()
     if reuse:
       self._share_heads(variables, prompts)
     state, p = self._prefill_rows(
@@ -766,9 +770,13 @@ class Sampler:
     stops = params.stop_strings
     chunk = self.decode_chunk if stops else n_new
     stopped_at: dict[int, int] = {}
+    phase = "prefill"
     while True:
       done = hosts.fetch(state.done)
       step = int(state.step)
+      now = time.perf_counter()
+      self.stats[f"{phase}_seconds"] += now - start
+      phase, start = "decode", now
       if stops:
         self._check_stops(hosts.fetch(state.tokens[:, p : p + step]), b, stops, stopped_at)
         if stopped_at:
@@ -778,6 +786,7 @@ class Sampler:
       if done[:b].all() or step >= n_new:
         break
       state = self.run_decode(variables, state, chunk, params, device_grammar)
+    self.stats["decode_steps"] += step - 1  # the first token came with the prefill
 
     out_tokens = hosts.fetch(state.tokens[:, p:])
     out_logp = hosts.fetch(state.logprobs)

@@ -153,6 +153,17 @@ def test_prompt_lengths_share_a_bucket(tiny):
   assert [sampler.batch_rows(b) for b in (1, 3, 5, 8)] == [1, 4, 8, 8]
 
 
+def test_stats_count_the_decode_steps_and_time_both_phases(tiny):
+  lm, _ = tiny
+  sampler = tiny_sampler(lm, prefix_cache=False)
+  out = sampler.generate(lm.variables, [[5, 6], [7, 8, 9]], SamplingParams(6, temperature=0))
+  # The prefill samples each row's first token; every later position is one decode step.
+  assert sampler.stats["decode_steps"] == max(len(c.token_ids) for c in out) - 1 == 5
+  assert sampler.stats["prefill_seconds"] > 0 and sampler.stats["decode_seconds"] > 0
+  sampler.generate(lm.variables, [[5]], SamplingParams(1, temperature=0))
+  assert sampler.stats["decode_steps"] == 5  # one token: the prefill's only
+
+
 def test_sampling_params_from_config_keep_every_field():
   c = sampler_lib.get_config()
   c.max_new_tokens, c.top_k, c.stop_strings = 7, 5, ["</a>"]
