@@ -1,6 +1,6 @@
 """Rollout throughput of the default workload: the config's sampler (tight buckets, shared heads
-where `sampling.prefix_cache` is on) in automatic precision against the plain path (full prefill,
-powers of two, float32).
+where `sampling.prefix_cache` is on, forced tails in one call) in automatic precision against the
+plain path (full prefill, powers of two, float32, a decode step per token).
 
   python benchmarks/rollout.py --config=configs/default.py
   python benchmarks/rollout.py --config.sampling.prefix_cache=True   # with shared heads
@@ -105,6 +105,7 @@ def main(argv) -> None:
   )
   plain_sampling = config.sampling.copy_and_resolve_references()
   plain_sampling.prefix_cache, plain_sampling.prompt_bucket = False, 0
+  plain_sampling.forced_tails = False  # a decode step for every token
   plain = sampler_lib.Sampler.from_config(
     plain_lm.model, mesh, plain_sampling, plain_lm.tokenizer, config.model.max_seq_len
   )

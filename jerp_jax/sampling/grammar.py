@@ -516,6 +516,24 @@ def _choices_allowed(g: DeviceChoices, r: RowState, left: jax.Array) -> jax.Arra
   return hits.at[rows, jnp.maximum(tok, 0)].add(fits.astype(jnp.int32)) > 0
 
 
+def forced_tail(g: DeviceChoices, r: RowState, width: int) -> tuple[jax.Array, ...]:
+  """What each row's trie leaves it no choice about: (length [B], tokens [B, width], end [B]).
+
+  From the row's node, the tokens its one remaining path writes to a sequence's end, where only
+  EOS is left (a final node without children), and that end node. length is -1 where a choice
+  remains on the way or the path is longer than `width`."""
+  node, length = r.state, jnp.full(r.state.shape, -1, jnp.int32)
+  walking, tokens = jnp.ones(r.state.shape, bool), []
+  for i in range(width + 1):
+    children = jnp.sum(g.child_token[node] >= 0, axis=-1)
+    length = jnp.where(walking & g.final[node] & (children == 0), i, length)
+    walking &= ~g.final[node] & (children == 1)  # children are packed first: the one is at 0
+    if i < width:
+      tokens.append(jnp.where(walking, g.child_token[node, 0], 0))
+      node = jnp.where(walking, g.child_next[node, 0], node)
+  return length, jnp.stack(tokens, axis=1), node
+
+
 def mask_logits(logits_bv: jax.Array, ok_bv: jax.Array) -> jax.Array:
   """float32 logits with -inf off the allowed tokens; allowed ones are kept finite (an allowed
   token at -inf could otherwise lose to a forbidden one when every allowed logit is -inf)."""

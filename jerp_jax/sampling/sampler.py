@@ -23,7 +23,9 @@ A row may be decoded under a grammar (sampling/grammar.py: one automaton per row
 stacked for the batch; or a trie of token sequences, such as a turn's admissible actions): its
 logits are masked to the tokens the automaton allows and its state
 moves with each sampled token, inside the same jitted loop. Without one (grammar=None) the state
-carries no grammar leaves and the programs are those of plain sampling.
+carries no grammar leaves and the programs are those of plain sampling. Under a trie, once no
+live row has a choice left (an action's closing tag, the rest of the only action that starts
+so), the loop stops and one call of TAIL tokens scores what remains of every row.
 
 EOS ends a row on the device. Stop strings need text, so with stop strings the decode loop runs
 in chunks of `decode_chunk` steps and the host checks the new text between chunks; a row that
@@ -67,6 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.prompt_bucket = 64
   c.min_prompt_bucket = 32
   c.decode_chunk = 16  # decode steps per device call when stop strings need host checks
+  # Under a trie of choices, end the rows in one call once none has a choice left (see TAIL).
+  c.forced_tails = True
   # Shared prompt heads are prefilled once: the KV of whole blocks of prefix_block prompt tokens
   # stays on the device (at most prefix_cache_tokens of them, least recently used evicted) and a
   # row whose prompt starts with cached blocks prefills only the rest. See sampling/prefix.py.
@@ -112,6 +116,7 @@ def validate_config(c: ml_collections.ConfigDict, prefix: str = "sampling") -> N
     "decode_chunk": positive,
     "prompt_bucket": checks.saying(checks.COUNT, "an integer >= 0 (0 means powers of two)"),
     "min_prompt_bucket": positive, "prefix_cache": checks.BOOL, "prefix_block": positive,
+    "forced_tails": checks.BOOL,
     "prefix_cache_tokens": checks.int_at_least(c.prefix_block, f"prefix_block={c.prefix_block}"),
     "layout": ("'auto', 'cpu' or 'trained'", lambda v: v in ("auto", "cpu", "trained")),
   })  # fmt: skip
@@ -171,6 +176,12 @@ class Completion:
   finish_reason: str  # 'eos', 'stop' (a stop string) or 'length'
 
 
+# Under a choice among token sequences (agent.admissible_only), once every live row's trie leaves
+# it one path to the end, those rows finish in one model call of TAIL tokens (the newest and up
+# to TAIL - 1 forced ones, e.g. an action's closing tag) instead of a decode step per token.
+TAIL = 8
+
+
 @flax.struct.dataclass
 class DecodeState:
   tokens: jax.Array  # [B, P + N] int32: left-padded prompt, then generated tokens
@@ -181,6 +192,7 @@ class DecodeState:
   done: jax.Array  # [B] bool
   step: jax.Array  # () int32: generated tokens so far (the last one not yet fed)
   rng: jax.Array
+  forwards: jax.Array  # () int32: the decode's model calls so far (steps and forced tails)
   prompt_len: int = flax.struct.field(pytree_node=False)  # P, the bucket: static
   # Rows' automaton states under a grammar; None (no leaves) keeps the unconstrained program.
   grammar: grammar_lib.RowState | None = None
@@ -262,6 +274,7 @@ class Sampler:
     prefix_cache: bool = True,
     prefix_block: int = 64,
     prefix_cache_tokens: int = 8192,
+    forced_tails: bool = True,
   ):
     # The CPU layout (llama.to_cpu_layout) decodes ~2x faster on XLA:CPU at the price of a second
     # copy of the weights while sampling. On GPU/TPU a scanned layer's weight slice fuses into its
@@ -284,6 +297,7 @@ class Sampler:
     self.prompt_bucket = prompt_bucket
     self.min_prompt_bucket = min_prompt_bucket
     self.decode_chunk = decode_chunk
+    self.forced_tails = forced_tails
     self.batch_shards = mesh_lib.mesh_axis_size(mesh, "act_batch")
     self._programs: set[tuple] = set()
     self._row = mesh_lib.sharding(mesh, ("act_batch",))
@@ -339,6 +353,7 @@ class Sampler:
       prefix_cache=c.prefix_cache,
       prefix_block=c.prefix_block,
       prefix_cache_tokens=c.prefix_cache_tokens,
+      forced_tails=c.forced_tails,
     )
 
   def clear_prefix_cache(self) -> None:
@@ -439,8 +454,9 @@ class Sampler:
     logprobs = jnp.zeros((b, n), jnp.float32).at[:, 0].set(logp)
     done = jnp.isin(first, jnp.asarray(self.eos_ids)) | (n == 1)
     return DecodeState(
-      tokens, valid, cache, positions[:, -1] + 1, logprobs, done, jnp.int32(1), rng, p, rows
-    )
+      tokens, valid, cache, positions[:, -1] + 1, logprobs, done, jnp.int32(1), rng,
+      jnp.int32(0), p, rows,
+    )  # fmt: skip
 
   def _draw(self, logits_bv, key, grammar, rows, left, live, greedy, top_k, top_p, temperature):
     """(token, log-prob, automaton states) per row: sampled among the tokens the rows' automata
@@ -466,9 +482,14 @@ class Sampler:
     p, n = state.prompt_len, state.max_new_tokens
     eos = jnp.asarray(self.eos_ids)
     stop_at = jnp.minimum(state.step + steps, n)
+    tails = self.forced_tails and isinstance(grammar, grammar_lib.DeviceChoices) and TAIL < n
+
+    def forced(s: DecodeState):  # [B]: rows whose rest the trie fixes, with room to score it
+      length = grammar_lib.forced_tail(grammar, s.grammar, TAIL - 1)[0]
+      return (length >= 0) & (s.step + TAIL <= n)
 
     def cond(s: DecodeState):
-      return (s.step < stop_at) & ~jnp.all(s.done)
+      return (s.step < stop_at) & ~jnp.all(s.done | forced(s) if tails else s.done)
 
     def body(s: DecodeState):
       slot = p + s.step - 1  # the newest token: feed it, write its keys at its slot
@@ -498,10 +519,65 @@ class Sampler:
         done=done,
         step=s.step + 1,
         rng=rng,
+        forwards=s.forwards + 1,
         grammar=rows,
       )
 
-    return jax.lax.while_loop(cond, body, state)
+    state = jax.lax.while_loop(cond, body, state)
+    if not tails:
+      return state
+    # Every row left is forced: one call scores all their tails (see _score_tails).
+    ready = jnp.all(state.done | forced(state)) & ~jnp.all(state.done)
+    score = functools.partial(
+      self._score_tails, grammar=grammar, greedy=greedy, top_k=top_k, top_p=top_p,
+      temperature=temperature,
+    )  # fmt: skip
+    return jax.lax.cond(ready, score, lambda v, s: s, variables, state)
+
+  def _score_tails(self, variables, s: DecodeState, grammar, greedy, top_k, top_p, temperature):
+    """Ends the rows whose trie fixes their rest (forced_tail) in one model call instead of a
+    step per token: the newest token and the forced ones are fed together (causal over their
+    slots, like a prefill after the cache), the forced tokens get the model's log-probs from the
+    logits before each, and EOS is drawn after the last as a step would draw it. The tokens are
+    a step-by-step decode's; the log-probs equal its up to float rounding (tests)."""
+    p, n = s.prompt_len, s.max_new_tokens
+    length, chain, end = grammar_lib.forced_tail(grammar, s.grammar, TAIL - 1)
+    rows, i = ~s.done, jnp.arange(TAIL)
+    slot = p + s.step - 1  # the newest token's: it and the tail fill [slot, slot + TAIL)
+    feed = jnp.concatenate([jax.lax.dynamic_slice_in_dim(s.tokens, slot, 1, axis=1), chain], 1)
+    valid = jax.lax.dynamic_update_slice_in_dim(
+      s.valid, rows[:, None] & (i <= length[:, None]), slot, axis=1
+    )
+    logits, _ = self.model.apply(
+      variables, feed, s.positions[:, None] + i, valid, s.cache, slot
+    )  # [B, TAIL, V]
+    scaled = logits.astype(jnp.float32) / (1.0 if greedy else temperature)
+    logp = jax.nn.log_softmax(scaled[:, :-1], axis=-1)
+    chain_logp = jnp.take_along_axis(logp, chain[..., None], axis=-1)[..., 0]  # [B, TAIL - 1]
+    rng, key = jax.random.split(s.rng)
+    last = jnp.take_along_axis(logits, length.clip(0)[:, None, None], axis=1)[:, 0]
+    eos, eos_logp, rows_state = self._draw(  # at the end nodes only EOS is left, whatever `left`
+      last, key, grammar, s.grammar.replace(state=end), n - 1 - s.step, rows,
+      greedy, top_k, top_p, temperature,
+    )  # fmt: skip
+    at = i[None] - length[:, None]  # < 0: a forced token; 0: EOS; > 0: nothing
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, 1)))  # noqa: E731
+    new_tokens = jnp.where(at < 0, pad(chain), jnp.where(at == 0, eos[:, None], self.pad_id))
+    new_logp = jnp.where(at < 0, pad(chain_logp), jnp.where(at == 0, eos_logp[:, None], 0.0))
+
+    def put(x, new, start):  # rows not ending here keep what they have
+      old = jax.lax.dynamic_slice_in_dim(x, start, TAIL, axis=1)
+      return jax.lax.dynamic_update_slice_in_dim(x, jnp.where(rows[:, None], new, old), start, 1)
+
+    return s.replace(
+      tokens=put(s.tokens, new_tokens, slot + 1),
+      logprobs=put(s.logprobs, new_logp, s.step),
+      done=s.done | rows,
+      step=s.step + jnp.max(jnp.where(rows, length + 1, 0)),
+      rng=rng,
+      forwards=s.forwards + 1,
+      grammar=rows_state,
+    )
 
   @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
   def _store(self, pool, cache, rows, starts, where):
@@ -786,7 +862,7 @@ class Sampler:
       if done[:b].all() or step >= n_new:
         break
       state = self.run_decode(variables, state, chunk, params, device_grammar)
-    self.stats["decode_steps"] += step - 1  # the first token came with the prefill
+    self.stats["decode_steps"] += int(state.forwards)
 
     out_tokens = hosts.fetch(state.tokens[:, p:])
     out_logp = hosts.fetch(state.logprobs)

@@ -347,3 +347,36 @@ def test_sampler_under_choices_writes_one_of_them_with_the_models_logprobs(tiny,
     start = len(c.prompt_ids) - 1
     want = [logp[start + j, t] for j, t in enumerate(c.token_ids)]
     np.testing.assert_allclose(c.logprobs, want, atol=1e-4)
+
+
+def test_forced_tail_is_the_one_path_left_to_a_sequences_end():
+  c = grammar_lib.choice_tables([[5, 6, 7, 8], [5, 9], [3]])
+  g = grammar_lib.DeviceChoices(**grammar_lib.stack_choices([c], 1, 16), vocab_size=16)
+  states = [c.child_next[0, list(c.child_token[0]).index(3)], 0, 1, 2]
+  r = grammar_lib.RowState(*(jnp.asarray(x, jnp.int32) for x in (states, [0] * 4, [0] * 4)))
+  length, tokens, end = grammar_lib.forced_tail(g, r, 3)
+  # After [3]: the end (only EOS left). At the root and after [5]: a choice. After [5, 6]: 7, 8.
+  assert length.tolist() == [0, -1, -1, 2] and tokens[3, :2].tolist() == [7, 8]
+  assert bool(g.final[end[3]]) and grammar_lib.forced_tail(g, r, 1)[0].tolist()[3] == -1
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_forced_tails_end_in_one_call_with_a_step_by_step_decodes_tokens(tiny, temperature):
+  # Each row picks 40 or 46 and the rest is forced: four or five tokens, then EOS, scored in one
+  # call. The same draws as decoding them one step at a time (sampling.forced_tails=False).
+  lm, _, _ = tiny
+  choices = [[40, 41, 42, 43, 44, 45], [46, 47, 48, 49, 50]]
+  tries = [grammar_lib.choice_tables(choices)] * 3
+  prompts, params = [[5, 6, 7], [8, 9], [10, 11, 12, 13]], SamplingParams(16, temperature)
+  runs = []
+  for forced_tails in (True, False):
+    sampler = tiny_sampler(lm, forced_tails=forced_tails)
+    out = sampler.generate(lm.variables, prompts, params, seed=3, grammar=tries)
+    runs.append((out, sampler.stats["decode_steps"]))
+  (fast, fast_calls), (slow, slow_calls) = runs
+  assert [c.token_ids for c in fast] == [c.token_ids for c in slow]
+  assert all(c.token_ids[:-1] in choices and c.finish_reason == "eos" for c in fast)
+  for a, b in zip(fast, slow):
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+  longest = max(len(c.token_ids) for c in slow)
+  assert slow_calls == longest - 1 and fast_calls == 1  # the first token came with the prefill
