@@ -324,7 +324,8 @@ class Sampler:
     # prompt_tokens: all prompt tokens seen; prefilled_tokens: those run through the model
     # (shared heads once, then each row's rest); the difference is what the prefix cache saved.
     # prefill_seconds / decode_seconds: wall time until the prefill's results, then in decode
-    # calls (the host waits for each anyway); decode_steps: one per token position decoded.
+    # calls (the host waits for each anyway); decode_steps: the decode's model calls (a step
+    # per token, or one for every row's forced tail).
     self.stats: collections.Counter = collections.Counter()
 
   @classmethod
@@ -482,7 +483,10 @@ class Sampler:
     p, n = state.prompt_len, state.max_new_tokens
     eos = jnp.asarray(self.eos_ids)
     stop_at = jnp.minimum(state.step + steps, n)
+    # A tail ends on EOS: without an EOS id in the vocabulary (benchmarks' NO_EOS) rows run on.
+    has_eos = any(0 <= e < self.model.args.vocab_size for e in self.eos_ids)
     tails = self.forced_tails and isinstance(grammar, grammar_lib.DeviceChoices) and TAIL < n
+    tails = tails and has_eos
 
     def forced(s: DecodeState):  # [B]: rows whose rest the trie fixes, with room to score it
       length = grammar_lib.forced_tail(grammar, s.grammar, TAIL - 1)[0]
@@ -548,18 +552,31 @@ class Sampler:
     valid = jax.lax.dynamic_update_slice_in_dim(
       s.valid, rows[:, None] & (i <= length[:, None]), slot, axis=1
     )
-    logits, _ = self.model.apply(
+    logits, cache = self.model.apply(
       variables, feed, s.positions[:, None] + i, valid, s.cache, slot
     )  # [B, TAIL, V]
     scaled = logits.astype(jnp.float32) / (1.0 if greedy else temperature)
     logp = jax.nn.log_softmax(scaled[:, :-1], axis=-1)
     chain_logp = jnp.take_along_axis(logp, chain[..., None], axis=-1)[..., 0]  # [B, TAIL - 1]
-    rng, key = jax.random.split(s.rng)
+    keys, rng = [], s.rng
+    for _ in range(TAIL):  # the keys steps would draw with, in order
+      rng, key = jax.random.split(rng)
+      keys.append(key)
+    at_end = s.grammar.replace(state=end)  # only EOS is left there, whatever `left`
+
+    def draw(logits_bv, key):  # (EOS id, its log-prob)
+      args = (greedy, top_k, top_p, temperature)
+      return self._draw(logits_bv, key, grammar, at_end, n - 1 - s.step, rows, *args)[:2]
+
     last = jnp.take_along_axis(logits, length.clip(0)[:, None, None], axis=1)[:, 0]
-    eos, eos_logp, rows_state = self._draw(  # at the end nodes only EOS is left, whatever `left`
-      last, key, grammar, s.grammar.replace(state=end), n - 1 - s.step, rows,
-      greedy, top_k, top_p, temperature,
-    )  # fmt: skip
+    eos, eos_logp = draw(last, keys[0])
+    if len(self.eos_ids) > 1 and not greedy:
+      # A choice among EOS ids: each row draws with the key of the step that would have drawn it.
+      drawn = [draw(logits[:, j], keys[j]) for j in range(TAIL)]
+      pick = lambda k: jnp.take_along_axis(  # noqa: E731
+        jnp.stack([d[k] for d in drawn], 1), length.clip(0)[:, None], axis=1
+      )[:, 0]
+      eos, eos_logp = pick(0), pick(1)
     at = i[None] - length[:, None]  # < 0: a forced token; 0: EOS; > 0: nothing
     pad = lambda x: jnp.pad(x, ((0, 0), (0, 1)))  # noqa: E731
     new_tokens = jnp.where(at < 0, pad(chain), jnp.where(at == 0, eos[:, None], self.pad_id))
@@ -572,11 +589,12 @@ class Sampler:
     return s.replace(
       tokens=put(s.tokens, new_tokens, slot + 1),
       logprobs=put(s.logprobs, new_logp, s.step),
+      valid=valid,
+      cache=cache,  # written in place (every row is done now): no copy of the old one
       done=s.done | rows,
       step=s.step + jnp.max(jnp.where(rows, length + 1, 0)),
       rng=rng,
       forwards=s.forwards + 1,
-      grammar=rows_state,
     )
 
   @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
@@ -853,6 +871,10 @@ class Sampler:
       now = time.perf_counter()
       self.stats[f"{phase}_seconds"] += now - start
       phase, start = "decode", now
+      if not done[b:].all():  # the batch's filler rows: nobody reads them, so nobody waits
+        done = done.copy()
+        done[b:] = True
+        state = state.replace(done=jax.device_put(done, self._row))
       if stops:
         self._check_stops(hosts.fetch(state.tokens[:, p : p + step]), b, stops, stopped_at)
         if stopped_at:

@@ -14,7 +14,7 @@ from jerp_jax.model import presets, tokenizer as tokenizer_lib
 from jerp_jax.rules.reviser import parse_edits
 from jerp_jax.sampling import grammar as grammar_lib
 from jerp_jax.sampling.grammar import EditGrammar, edit_regex, edit_tables, token_tables
-from jerp_jax.sampling.sampler import SamplingParams
+from jerp_jax.sampling.sampler import Sampler, SamplingParams
 from tests.conftest import peaked_tiny, tiny_sampler
 
 PICK = "pick_and_place_simple"
@@ -360,22 +360,29 @@ def test_forced_tail_is_the_one_path_left_to_a_sequences_end():
   assert bool(g.final[end[3]]) and grammar_lib.forced_tail(g, r, 1)[0].tolist()[3] == -1
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_forced_tails_end_in_one_call_with_a_step_by_step_decodes_tokens(tiny, temperature):
+@pytest.mark.parametrize("temperature, eos_ids", [(0.0, (2,)), (1.0, (2,)), (1.0, (2, 0))])
+def test_forced_tails_end_in_one_call_with_a_step_by_step_decodes_tokens(
+  tiny, temperature, eos_ids
+):
   # Each row picks 40 or 46 and the rest is forced: four or five tokens, then EOS, scored in one
-  # call. The same draws as decoding them one step at a time (sampling.forced_tails=False).
+  # call. The same draws as decoding them one step at a time (sampling.forced_tails=False), also
+  # where two EOS ids leave a draw at the end (each row's with the key its step would use).
   lm, _, _ = tiny
+  tok = lm.tokenizer
   choices = [[40, 41, 42, 43, 44, 45], [46, 47, 48, 49, 50]]
   tries = [grammar_lib.choice_tables(choices)] * 3
   prompts, params = [[5, 6, 7], [8, 9], [10, 11, 12, 13]], SamplingParams(16, temperature)
   runs = []
   for forced_tails in (True, False):
-    sampler = tiny_sampler(lm, forced_tails=forced_tails)
+    sampler = Sampler(
+      lm.model, lm.mesh, eos_ids, tok.pad_id, tok, 256, min_prompt_bucket=16,
+      forced_tails=forced_tails,
+    )  # fmt: skip
     out = sampler.generate(lm.variables, prompts, params, seed=3, grammar=tries)
     runs.append((out, sampler.stats["decode_steps"]))
   (fast, fast_calls), (slow, slow_calls) = runs
   assert [c.token_ids for c in fast] == [c.token_ids for c in slow]
-  assert all(c.token_ids[:-1] in choices and c.finish_reason == "eos" for c in fast)
+  assert all(c.token_ids[:-1] in choices and c.token_ids[-1] in eos_ids for c in fast)
   for a, b in zip(fast, slow):
     np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
   longest = max(len(c.token_ids) for c in slow)
