@@ -485,8 +485,8 @@ class Sampler:
     stop_at = jnp.minimum(state.step + steps, n)
     # A tail ends on EOS: without an EOS id in the vocabulary (benchmarks' NO_EOS) rows run on.
     has_eos = any(0 <= e < self.model.args.vocab_size for e in self.eos_ids)
-    tails = self.forced_tails and isinstance(grammar, grammar_lib.DeviceChoices) and TAIL < n
-    tails = tails and has_eos
+    tails = self.forced_tails and has_eos and TAIL < n
+    tails = tails and isinstance(grammar, grammar_lib.DeviceChoices)
 
     def forced(s: DecodeState):  # [B]: rows whose rest the trie fixes, with room to score it
       length = grammar_lib.forced_tail(grammar, s.grammar, TAIL - 1)[0]
@@ -568,15 +568,14 @@ class Sampler:
       args = (greedy, top_k, top_p, temperature)
       return self._draw(logits_bv, key, grammar, at_end, n - 1 - s.step, rows, *args)[:2]
 
-    last = jnp.take_along_axis(logits, length.clip(0)[:, None, None], axis=1)[:, 0]
-    eos, eos_logp = draw(last, keys[0])
+    at_end_of = lambda x: jnp.take_along_axis(x, length.clip(0)[:, None], axis=1)[:, 0]  # noqa: E731
     if len(self.eos_ids) > 1 and not greedy:
       # A choice among EOS ids: each row draws with the key of the step that would have drawn it.
       drawn = [draw(logits[:, j], keys[j]) for j in range(TAIL)]
-      pick = lambda k: jnp.take_along_axis(  # noqa: E731
-        jnp.stack([d[k] for d in drawn], 1), length.clip(0)[:, None], axis=1
-      )[:, 0]
-      eos, eos_logp = pick(0), pick(1)
+      eos, eos_logp = (at_end_of(jnp.stack([d[k] for d in drawn], 1)) for k in (0, 1))
+    else:  # EOS is the only token left: any key draws it
+      last = jnp.take_along_axis(logits, length.clip(0)[:, None, None], axis=1)[:, 0]
+      eos, eos_logp = draw(last, keys[0])
     at = i[None] - length[:, None]  # < 0: a forced token; 0: EOS; > 0: nothing
     pad = lambda x: jnp.pad(x, ((0, 0), (0, 1)))  # noqa: E731
     new_tokens = jnp.where(at < 0, pad(chain), jnp.where(at == 0, eos[:, None], self.pad_id))
