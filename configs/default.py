@@ -41,8 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.prefix_cache = False
   # The default's prompts are 176-233 tokens: multiples of 64 pad most calls to 256, multiples
   # of 16 to the longest row plus at most 15. benchmarks/rollout.py, Intel Xeon, bfloat16
-  # (2026-12-05): prefill 6.3-6.4 s against 7.1-7.3 s a round, speedup 2.97-3.03x against
-  # 2.71-2.79x; 10 programs against 6, which the first round pays for (59 s against 41 s).
+  # (2026-12-05): prefill 6.1-6.3 s against 7.1 s a round, speedup 2.97-3.02x against 2.79x;
+  # 10 programs against 6, which the first round pays for (59 s against 41 s).
   c.sampling.prompt_bucket = 16
   # ALFWorld games generated offline (env.data_dir=''); point data_dir at a json_2.1.1 release
   # for the real games. `configs/webshop.py` swaps in WebShop.

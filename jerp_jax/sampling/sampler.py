@@ -488,12 +488,14 @@ class Sampler:
     tails = self.forced_tails and has_eos and TAIL < n
     tails = tails and isinstance(grammar, grammar_lib.DeviceChoices)
 
-    def forced(s: DecodeState):  # [B]: rows whose rest the trie fixes, with room to score it
-      length = grammar_lib.forced_tail(grammar, s.grammar, TAIL - 1)[0]
+    def tail_of(s: DecodeState):  # (length, tokens, end): each row's forced rest, if any
+      return grammar_lib.forced_tail(grammar, s.grammar, TAIL - 1)
+
+    def forced(s: DecodeState, length):  # [B]: rows whose rest is forced, with room to score it
       return (length >= 0) & (s.step + TAIL <= n)
 
     def cond(s: DecodeState):
-      return (s.step < stop_at) & ~jnp.all(s.done | forced(s) if tails else s.done)
+      return (s.step < stop_at) & ~jnp.all(s.done | forced(s, tail_of(s)[0]) if tails else s.done)
 
     def body(s: DecodeState):
       slot = p + s.step - 1  # the newest token: feed it, write its keys at its slot
@@ -531,21 +533,25 @@ class Sampler:
     if not tails:
       return state
     # Every row left is forced: one call scores all their tails (see _score_tails).
-    ready = jnp.all(state.done | forced(state)) & ~jnp.all(state.done)
+    tail = tail_of(state)
+    ready = jnp.all(state.done | forced(state, tail[0])) & ~jnp.all(state.done)
     score = functools.partial(
-      self._score_tails, grammar=grammar, greedy=greedy, top_k=top_k, top_p=top_p,
+      self._score_tails, tail=tail, grammar=grammar, greedy=greedy, top_k=top_k, top_p=top_p,
       temperature=temperature,
     )  # fmt: skip
     return jax.lax.cond(ready, score, lambda v, s: s, variables, state)
 
-  def _score_tails(self, variables, s: DecodeState, grammar, greedy, top_k, top_p, temperature):
-    """Ends the rows whose trie fixes their rest (forced_tail) in one model call instead of a
-    step per token: the newest token and the forced ones are fed together (causal over their
-    slots, like a prefill after the cache), the forced tokens get the model's log-probs from the
-    logits before each, and EOS is drawn after the last as a step would draw it. The tokens are
-    a step-by-step decode's; the log-probs equal its up to float rounding (tests)."""
+  def _score_tails(
+    self, variables, s: DecodeState, tail, grammar, greedy, top_k, top_p, temperature
+  ):
+    """Ends the rows whose trie fixes their rest (`tail`: forced_tail's, computed once by the
+    caller) in one model call instead of a step per token: the newest token and the forced ones
+    are fed together (causal over their slots, like a prefill after the cache), the forced tokens
+    get the model's log-probs from the logits before each, and EOS is drawn after the last as a
+    step would draw it. The tokens are a step-by-step decode's; the log-probs equal its up to
+    float rounding (tests)."""
     p, n = s.prompt_len, s.max_new_tokens
-    length, chain, end = grammar_lib.forced_tail(grammar, s.grammar, TAIL - 1)
+    length, chain, end = tail
     rows, i = ~s.done, jnp.arange(TAIL)
     slot = p + s.step - 1  # the newest token's: it and the tail fill [slot, slot + TAIL)
     feed = jnp.concatenate([jax.lax.dynamic_slice_in_dim(s.tokens, slot, 1, axis=1), chain], 1)
