@@ -321,3 +321,53 @@ def test_merge_lora_exact_numbers():
   np.testing.assert_array_equal(
     np.asarray(unrolled["params"]["layers_0"]["up_proj"]["kernel"]), np.asarray(merged[0])
   )
+
+
+def _plain_attention(q, keys, values, mask, k, scale):
+  """Grouped-query attention in one float32 einsum pass, differentiated by autodiff."""
+  b, t, n, h = q.shape
+  f32 = lambda x: x.astype(jnp.float32)
+  scores = jnp.einsum("btkgh,bksh->bkgts", f32(q).reshape(b, t, k, n // k, h), f32(keys)) * scale
+  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  out = jnp.einsum("bkgts,bksh->btkgh", jax.nn.softmax(scores, axis=-1), f32(values))
+  return out.reshape(b, t, n, h)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_block_attention_backward_equals_autodiff(monkeypatch, causal):
+  # Blocks of 4 query rows: 11 rows make three blocks, the last one short. Non-causal: the keys
+  # of a cache (more slots than queries), some rows padded.
+  monkeypatch.setattr(llama, "ATTEND_BLOCK", 4)
+  b, t, n, k, h = 2, 11, 6, 2, 8
+  s = t if causal else 15
+  r = jax.random.split(jax.random.PRNGKey(3), 4)
+  q = jax.random.normal(r[0], (b, t, n, h))
+  keys, values = (jax.random.normal(x, (b, k, s, h)) for x in r[1:3])
+  valid = jnp.arange(s)[None] < jnp.asarray([s, s - 3])[:, None]
+  seen = jnp.arange(s)[None, :] <= jnp.arange(t)[:, None] if causal else jnp.ones((t, s), bool)
+  mask = valid[:, None, :] & seen[None]
+  weights = jax.random.normal(r[3], (b, t, n, h))
+
+  def grads(attention, dtype):
+    loss = lambda *x: jnp.sum(attention(*x, mask).astype(jnp.float32) * weights)
+    return jax.grad(loss, argnums=(0, 1, 2))(
+      q.astype(dtype), keys.astype(dtype), values.astype(dtype)
+    )
+
+  ours = lambda q, kk, v, m: llama.attend(q, kk, v, m, k, 0.3, causal=causal)
+  plain = lambda q, kk, v, m: _plain_attention(q, kk, v, m, k, 0.3)
+  np.testing.assert_allclose(ours(q, keys, values, mask), plain(q, keys, values, mask), atol=1e-6)
+  for x, y in zip(grads(ours, jnp.float32), grads(plain, jnp.float32)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-6)
+  # bf16: every product of the backward takes bf16 operands; gradients as close to float32's as
+  # rounding the operands and the probabilities to bf16 allows.
+  bf16 = lambda x: x.astype(jnp.bfloat16)
+  dots = _dot_operand_dtypes(
+    jax.grad(lambda *x: jnp.sum(ours(*x, mask).astype(jnp.float32)), argnums=(0, 1, 2)),
+    bf16(q), bf16(keys), bf16(values),
+  )  # fmt: skip
+  assert len(dots) == 3 * 2 + 3 * 5 and set(dots) == {("bfloat16", "bfloat16")}
+  for x, y in zip(grads(ours, jnp.bfloat16), grads(plain, jnp.float32)):
+    assert x.dtype == jnp.bfloat16
+    scale = float(jnp.max(jnp.abs(y)))
+    np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y), atol=0.03 * scale)
