@@ -126,7 +126,7 @@ def heads_first(x_btkh: Array) -> Array:
   return x_btkh.transpose(0, 2, 1, 3)
 
 
-ATTEND_BLOCK = 128  # query rows per block of multi-token attention (see attend)
+ATTEND_BLOCK = 128  # query rows per block of multi-token attention (see _query_blocks)
 
 
 def attend(
@@ -177,9 +177,10 @@ def attend(
 # Its backward is written out (flash-attention style) rather than left to autodiff, which on
 # XLA:CPU ran attention's gradients as float32 dots and assembled the queries' gradient by
 # padding every block's to the full length and adding them up. Here each block recomputes its
-# probabilities from the saved log-sum-exp, its four products take operands in the compute dtype
-# (probabilities and score gradients rounded to it, as FlashAttention does in bf16), and the
-# queries' gradient is the blocks' concatenated. One layer's attention, forward and backward, at
+# probabilities from the saved row maxima and sums (exactly the forward's), its five products (the
+# scores again, then dv, dprobs, dk, dq) take operands in the compute dtype (probabilities and score
+# gradients rounded to it, as FlashAttention does in bf16), and the queries' gradient is the
+# blocks' concatenated. One layer's attention, forward and backward, at
 # the default learner's shape (4 x 320 tokens, bf16, Intel Xeon, 2026-12-05): 12.7 ms against
 # autodiff's 20.8 under the learner's compiler options (22.0 against 25.5 without them).
 
@@ -211,10 +212,11 @@ def _queries_by_kv_head(x_btnh: Array, k: int) -> Array:
 
 
 def _attend_blocks_fwd(q_btnh, keys_bksh, values_bksh, mask_bts, k, scale, causal):
-  """(out [b, t, n, h], log-sum-exp of each query row's scores [b, k, g, t] float32)."""
+  """(out [b, t, n, h], (each query row's largest score, its sum of exp(score - largest)): two
+  [b, k, g, t] float32 arrays, from which the backward recomputes the probabilities)."""
   b, t, n, h = q_btnh.shape
   q = _queries_by_kv_head(q_btnh, k)
-  outs, lses = [], []
+  outs, tops, totals = [], [], []
   for i, end, s in _query_blocks(t, keys_bksh.shape[2], causal):
     scores = _block_scores(q[:, :, :, i:end], keys_bksh[:, :, :s], mask_bts[:, i:end, :s], scale)
     # jax.nn.softmax's own steps, so the primal's probabilities are bit for bit the same.
@@ -228,9 +230,10 @@ def _attend_blocks_fwd(q_btnh, keys_bksh, values_bksh, mask_bts, k, scale, causa
       preferred_element_type=jnp.float32,
     )  # fmt: skip
     outs.append(out.reshape(b, k, n // k, c, h))
-    lses.append((top + jnp.log(total))[..., 0])
+    tops.append(top[..., 0])
+    totals.append(total[..., 0])
   out = jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).astype(values_bksh.dtype)
-  return out.reshape(b, t, n, h), jnp.concatenate(lses, axis=3)
+  return out.reshape(b, t, n, h), tuple(jnp.concatenate(x, axis=3) for x in (tops, totals))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -239,8 +242,8 @@ def _attend_blocks(q_btnh, keys_bksh, values_bksh, mask_bts, k, scale, causal):
 
 
 def _attend_blocks_vjp_fwd(q_btnh, keys_bksh, values_bksh, mask_bts, k, scale, causal):
-  out, lse = _attend_blocks_fwd(q_btnh, keys_bksh, values_bksh, mask_bts, k, scale, causal)
-  return out, (q_btnh, keys_bksh, values_bksh, mask_bts, out, lse)
+  out, rows = _attend_blocks_fwd(q_btnh, keys_bksh, values_bksh, mask_bts, k, scale, causal)
+  return out, (q_btnh, keys_bksh, values_bksh, mask_bts, out, rows)
 
 
 def _attend_blocks_vjp_bwd(k, scale, causal, residuals, dout_btnh):
@@ -248,7 +251,7 @@ def _attend_blocks_vjp_bwd(k, scale, causal, residuals, dout_btnh):
   # a plain [M, K] x [K, N] or contracts both operands' last dims, the two forms XLA:CPU hands to
   # its fast bf16 kernels; contracting over rows (pᵀ·dout, dsᵀ·q) made it convert both operands
   # to float32 and run a slow generic dot (the backward took about 2.5x as long).
-  q_btnh, keys_bksh, values_bksh, mask_bts, out_btnh, lse_bkgt = residuals
+  q_btnh, keys_bksh, values_bksh, mask_bts, out_btnh, (top_bkgt, total_bkgt) = residuals
   b, t, n, h = q_btnh.shape
   g, s_all, dt = n // k, keys_bksh.shape[2], values_bksh.dtype
   q, dout = _queries_by_kv_head(q_btnh, k), _queries_by_kv_head(dout_btnh.astype(dt), k)
@@ -269,11 +272,16 @@ def _attend_blocks_vjp_bwd(k, scale, causal, residuals, dout_btnh):
     q_c, dout_c = (x[:, :, :, i:end].reshape(b, k, g * c, h) for x in (q, dout))
     scores = dot(keys_bksh[:, :, :s], q_c, ((3,), (3,))).reshape(b, k, s, g, c)
     mask = mask_bts[:, i:end, :s].transpose(0, 2, 1)[:, None, :, None, :]
-    lse = lse_bkgt[:, :, None, :, i:end]
-    probs = jnp.exp(jnp.where(mask, scores * scale, neg) - lse)  # [b, k, s, g, c]
+    # The forward's own steps, not exp(score - log-sum-exp): a row with no key to see (all
+    # masked) is uniform there, and its log-sum-exp would round to the mask's fill value.
+    top, total = (x[:, :, None, :, i:end] for x in (top_bkgt, total_bkgt))
+    probs = jnp.exp(jnp.where(mask, scores * scale, neg) - top) / total  # [b, k, s, g, c]
     dv = dv.at[:, :, :s].add(dot(probs.astype(dt).reshape(b, k, s, g * c), dout_c, ((3,), (2,))))
     dprobs = dot(values_bksh[:, :, :s], dout_c, ((3,), (3,))).reshape(b, k, s, g, c)
-    dscores = (probs * (dprobs - delta[:, :, None, :, i:end]) * scale).astype(dt)
+    # Masked scores were replaced by a constant: no gradient reaches them (it would, in a row
+    # with no key to see, whose probabilities are not 0).
+    dscores = probs * (dprobs - delta[:, :, None, :, i:end]) * scale
+    dscores = jnp.where(mask, dscores, 0.0).astype(dt)
     dscores = dscores.reshape(b, k, s, g * c)
     dk = dk.at[:, :, :s].add(dot(dscores, q_c, ((3,), (2,))))
     dqs.append(dot(keys_bkhs[:, :, :, :s], dscores, ((3,), (2,))).reshape(b, k, h, g, c))

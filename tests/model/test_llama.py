@@ -335,17 +335,17 @@ def _plain_attention(q, keys, values, mask, k, scale):
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_block_attention_backward_equals_autodiff(monkeypatch, causal):
-  # Blocks of 4 query rows: 11 rows make three blocks, the last one short. Non-causal: the keys
-  # of a cache (more slots than queries), some rows padded.
+  # Blocks of 4 query rows: 11 rows make three blocks, the last one short. Causal: the second row
+  # is left-padded, so its first 3 queries see no key at all. Not causal: 11 new tokens attend
+  # over a 15-slot cache from slot 4 on, the second row's first 2 slots empty.
   monkeypatch.setattr(llama, "ATTEND_BLOCK", 4)
   b, t, n, k, h = 2, 11, 6, 2, 8
-  s = t if causal else 15
+  s, first = (t, 0) if causal else (15, 4)
   r = jax.random.split(jax.random.PRNGKey(3), 4)
   q = jax.random.normal(r[0], (b, t, n, h))
   keys, values = (jax.random.normal(x, (b, k, s, h)) for x in r[1:3])
-  valid = jnp.arange(s)[None] < jnp.asarray([s, s - 3])[:, None]
-  seen = jnp.arange(s)[None, :] <= jnp.arange(t)[:, None] if causal else jnp.ones((t, s), bool)
-  mask = valid[:, None, :] & seen[None]
+  valid = jnp.arange(s)[None] >= jnp.asarray([0, 3 if causal else 2])[:, None]
+  mask = valid[:, None, :] & (jnp.arange(s)[None, :] <= first + jnp.arange(t)[:, None])[None]
   weights = jax.random.normal(r[3], (b, t, n, h))
 
   def grads(attention, dtype):
@@ -355,9 +355,15 @@ def test_block_attention_backward_equals_autodiff(monkeypatch, causal):
     )
 
   ours = lambda q, kk, v, m: llama.attend(q, kk, v, m, k, 0.3, causal=causal)
-  plain = lambda q, kk, v, m: _plain_attention(q, kk, v, m, k, 0.3)
-  np.testing.assert_allclose(ours(q, keys, values, mask), plain(q, keys, values, mask), atol=1e-6)
-  for x, y in zip(grads(ours, jnp.float32), grads(plain, jnp.float32)):
+  # The same forward, differentiated by autodiff: the definition the written-out backward meets.
+  autodiff = lambda q, kk, v, m: llama._attend_blocks_fwd(q, kk, v, m, k, 0.3, causal)[0]
+  seeing = np.asarray(jnp.any(mask, axis=-1))  # rows with a key to see: plain attention's too
+  plain = _plain_attention(q, keys, values, mask, k, 0.3)
+  np.testing.assert_allclose(
+    np.asarray(ours(q, keys, values, mask))[seeing], np.asarray(plain)[seeing], atol=1e-6
+  )
+  assert causal == (not seeing.all())
+  for x, y in zip(grads(ours, jnp.float32), grads(autodiff, jnp.float32)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-6)
   # bf16: every product of the backward takes bf16 operands; gradients as close to float32's as
   # rounding the operands and the probabilities to bf16 allows.
@@ -367,7 +373,7 @@ def test_block_attention_backward_equals_autodiff(monkeypatch, causal):
     bf16(q), bf16(keys), bf16(values),
   )  # fmt: skip
   assert len(dots) == 3 * 2 + 3 * 5 and set(dots) == {("bfloat16", "bfloat16")}
-  for x, y in zip(grads(ours, jnp.bfloat16), grads(plain, jnp.float32)):
+  for x, y in zip(grads(ours, jnp.bfloat16), grads(autodiff, jnp.float32)):
     assert x.dtype == jnp.bfloat16
     scale = float(jnp.max(jnp.abs(y)))
     np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y), atol=0.03 * scale)
