@@ -177,12 +177,12 @@ def attend(
 # Its backward is written out (flash-attention style) rather than left to autodiff, which on
 # XLA:CPU ran attention's gradients as float32 dots and assembled the queries' gradient by
 # padding every block's to the full length and adding them up. Here each block recomputes its
-# probabilities from the saved row maxima and sums (exactly the forward's), its five products (the
-# scores again, then dv, dprobs, dk, dq) take operands in the compute dtype (probabilities and score
-# gradients rounded to it, as FlashAttention does in bf16), and the queries' gradient is the
-# blocks' concatenated. One layer's attention, forward and backward, at
-# the default learner's shape (4 x 320 tokens, bf16, Intel Xeon, 2026-12-05): 12.7 ms against
-# autodiff's 20.8 under the learner's compiler options (22.0 against 25.5 without them).
+# probabilities from the saved row maxima and sums (exactly the forward's), its five products
+# (the scores again, then dv, dprobs, dk, dq) take operands in the compute dtype (probabilities
+# and score gradients rounded to it, as FlashAttention does in bf16), and the queries' gradient
+# is the blocks' concatenated. One layer's attention, forward and backward, at the default
+# learner's shape (4 x 320 tokens, bf16, Intel Xeon, 2026-12-05): 12.7 ms against autodiff's
+# 20.8 under the learner's compiler options (22.0 against 25.5 without them).
 
 
 def _query_blocks(t: int, s: int, causal: bool) -> list[tuple[int, int, int]]:

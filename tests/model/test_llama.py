@@ -324,7 +324,7 @@ def test_merge_lora_exact_numbers():
 
 
 def _plain_attention(q, keys, values, mask, k, scale):
-  """Grouped-query attention in one float32 einsum pass, differentiated by autodiff."""
+  """Grouped-query attention in one float32 einsum pass: the forward the blocked one must match."""
   b, t, n, h = q.shape
   f32 = lambda x: x.astype(jnp.float32)
   scores = jnp.einsum("btkgh,bksh->bkgts", f32(q).reshape(b, t, k, n // k, h), f32(keys)) * scale
