@@ -81,6 +81,10 @@ def main_cmd(workdir, cache_dir, *extra):
     "--config=configs/tiny.py",
     f"--workdir={workdir}",
     f"--config.env.generated.cache_dir={cache_dir}",
+    # Compiled programs shared by the module's runs (the tiny model's compile in well under
+    # JAX's default 1 s floor for caching one).
+    f"--compile_cache={os.path.join(cache_dir, 'xla')}",
+    "--jax_persistent_cache_min_compile_time_secs=0",
     *extra,
   ]
 
@@ -166,7 +170,7 @@ def uninterrupted(tmp_path_factory, cache_dir):
   return workdir, r
 
 
-def test_two_epochs_of_the_real_loop(uninterrupted):
+def test_two_epochs_of_the_real_loop(uninterrupted, cache_dir):
   workdir, r = uninterrupted
   assert "epoch   1/2" in r.stdout and "epoch   2/2" in r.stdout and "done: 2 epochs" in r.stdout
   records = read_metrics(workdir)
@@ -192,6 +196,9 @@ def test_two_epochs_of_the_real_loop(uninterrupted):
   assert len(host["reference"]["by_task"]) > 0
   for name in ("rules.json", "rules.md", "metrics.jsonl"):
     assert os.path.exists(os.path.join(workdir, name))
+  # The run kept its compiled programs for the next, in a folder for this CPU's instruction set.
+  (machine,) = os.listdir(os.path.join(cache_dir, "xla"))
+  assert machine.startswith("cpu-") and os.listdir(os.path.join(cache_dir, "xla", machine))
 
 
 def test_resume_after_a_kill_mid_epoch_reaches_the_same_state(uninterrupted, tmp_path, cache_dir):

@@ -13,6 +13,7 @@ host values move between processes:
   any_process(flag)        True on every process while any process says True (lockstep loops)
   fetch(x)                 a global jax.Array as one numpy array, on every process
   replicated(x, mesh)      a host-made array as one global value (what orbax can save)
+  compile_cache_dir(...)   where this machine keeps its compiled programs between runs
 
 With one process each helper is the identity (or a plain np.asarray): single-process runs take
 exactly the path they took before multi-host existed. Host values that go to devices
@@ -23,6 +24,7 @@ exactly the path they took before multi-host existed. Host values that go to dev
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from typing import Any, Callable, Sequence
 
@@ -182,3 +184,17 @@ def barrier(name: str) -> None:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
 
     multihost_utils.sync_global_devices(name)
+
+
+def compile_cache_dir(root: str, platform: str, cpu_flags: frozenset[str]) -> str:
+  """The folder under `root` for JAX's persistent compilation cache on this machine.
+
+  JAX keys a cached program by its text, options, jax version and accelerator, but on CPU not by
+  the instruction set XLA compiled it for: a home folder shared by machines with AMX and without
+  would hand one the other's code. So CPU programs go to a folder per set of CPU feature flags.
+  """
+  root = os.path.expanduser(root)
+  if platform != "cpu":
+    return root
+  digest = hashlib.sha256(" ".join(sorted(cpu_flags)).encode()).hexdigest()[:12]
+  return os.path.join(root, f"cpu-{digest}")

@@ -621,14 +621,17 @@ class DeviceChoices:
 
 def stack_choices(choices: Sequence[Choices], rows: int, vocab_size: int) -> dict:
   """Host arrays of DeviceChoices for `rows` rows (filler rows: choices[0]). Nodes and children
-  are padded to powers of two (at least 256 and 16): the tries change every turn, and each new
-  shape would compile the sampler's programs again."""
+  are padded to powers of two (at least 1024 and 16): the tries change every turn, and each new
+  shape would compile the sampler's programs again. The default's calls hold 200-1000 nodes: a
+  floor of 256 gave three shapes in one epoch (each a prefill and a decode program, 8-13 s apiece
+  to compile on a 2-core CPU), one of 1024 gives one; the tables are only ever indexed by each
+  row's node, so their size costs nothing per step."""
   distinct: list[Choices] = []
   for c in choices:
     if not any(c is d for d in distinct):
       distinct.append(c)
   offsets = np.cumsum([0] + [c.states for c in distinct])
-  total = buckets.bucket(int(offsets[-1]), buckets.POW2, 256)
+  total = buckets.bucket(int(offsets[-1]), buckets.POW2, 1024)
   k = buckets.bucket(max(c.child_token.shape[1] for c in distinct), buckets.POW2, 16)
   child_token = np.full((total, k), -1, np.int32)
   child_next = np.zeros((total, k), np.int32)

@@ -205,34 +205,41 @@ class DecodeState:
 # --- pure sampling functions --------------------------------------------------------------------
 
 
+def logit_scale(temperature: jax.Array) -> jax.Array:
+  """What logits are divided by: the temperature, or 1 when it is 0 (greedy)."""
+  return jnp.where(temperature == 0, jnp.float32(1.0), temperature)
+
+
 def sample_logits(
   logits_bv: jax.Array,
   rng: jax.Array,
   temperature: jax.Array,
   *,
-  greedy: bool,
   top_k: int,
   top_p: float,
 ) -> tuple[jax.Array, jax.Array]:
-  """Next tokens [B] and their log-probs [B] under log_softmax(logits / temperature)."""
-  if greedy:
-    tokens = jnp.argmax(logits_bv, axis=-1)
-    logp = jax.nn.log_softmax(logits_bv, axis=-1)
-  else:
-    scaled = logits_bv / temperature
-    logp = jax.nn.log_softmax(scaled, axis=-1)
-    masked = scaled
-    if top_k:
-      kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
-      masked = jnp.where(scaled < kth, -jnp.inf, masked)
-    if top_p < 1.0:
-      sorted_desc = -jnp.sort(-masked, axis=-1)
-      probs = jax.nn.softmax(sorted_desc, axis=-1)
-      # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-      keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
-      threshold = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-      masked = jnp.where(masked < threshold, -jnp.inf, masked)
-    tokens = jax.random.categorical(rng, masked, axis=-1)
+  """Next tokens [B] and their log-probs [B] under log_softmax(logits / temperature); at
+  temperature 0 the argmax, under log_softmax(logits).
+
+  Greedy is decided on the traced temperature, not by a Python flag, so that a greedy play (an
+  evaluation) and a sampled one (a rollout) of the same shapes run one compiled program: each
+  program of the default's sampler took 8-13 s to compile on a 2-core CPU. The draw that greedy
+  rows do not use costs little next to the model's step."""
+  scaled = logits_bv / logit_scale(temperature)
+  logp = jax.nn.log_softmax(scaled, axis=-1)
+  masked = scaled
+  if top_k:
+    kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+    masked = jnp.where(scaled < kth, -jnp.inf, masked)
+  if top_p < 1.0:
+    sorted_desc = -jnp.sort(-masked, axis=-1)
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+    threshold = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    masked = jnp.where(masked < threshold, -jnp.inf, masked)
+  sampled = jax.random.categorical(rng, masked, axis=-1)
+  tokens = jnp.where(temperature == 0, jnp.argmax(logits_bv, axis=-1), sampled)
   chosen = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
   return tokens.astype(jnp.int32), chosen
 
@@ -290,6 +297,7 @@ class Sampler:
     # (version or None, the leaves seen when version is None, the prepared weights)
     self._prepared: tuple[int | None, list | None, Any] | None = None
     self.conversions = 0  # weight conversions run by prepare(): tests and benchmarks read it
+    self._convert = None  # prepare()'s jitted conversion, made on first use
     self.eos_ids = tuple(int(e) for e in eos_ids)
     self.pad_id = int(pad_id)
     self.tokenizer = tokenizer
@@ -389,15 +397,17 @@ class Sampler:
       if same:
         return prepared
     if self.cpu_layout or "lora" in variables:
-      abstract = llama.init_abstract(self.model.args.replace(lora_rank=0), self.mesh)
-      shardings = mesh_lib.tree_shardings(self.mesh, abstract)
-      args, cpu_layout = self.source_args, self.cpu_layout
+      if self._convert is None:  # one jitted function: each update's weights reuse its program
+        abstract = llama.init_abstract(self.model.args.replace(lora_rank=0), self.mesh)
+        shardings = mesh_lib.tree_shardings(self.mesh, abstract)
+        args, cpu_layout = self.source_args, self.cpu_layout
 
-      def convert(v):
-        v = llama.merge_lora(v, args.lora_scale) if "lora" in v else v
-        return llama.to_cpu_layout(v, args) if cpu_layout else v
+        def convert(v):
+          v = llama.merge_lora(v, args.lora_scale) if "lora" in v else v
+          return llama.to_cpu_layout(v, args) if cpu_layout else v
 
-      prepared = jax.jit(convert, out_shardings=shardings)(variables)
+        self._convert = jax.jit(convert, out_shardings=shardings)
+      prepared = self._convert(variables)
       self.conversions += 1
     else:
       prepared = variables
@@ -408,7 +418,7 @@ class Sampler:
     return prepared
 
   # Compiled once per (shapes, static options); weights are arguments.
-  @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9))
+  @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
   def _prefill(
     self,
     variables,
@@ -417,7 +427,6 @@ class Sampler:
     positions,
     rng,
     p,
-    greedy,
     top_k,
     top_p,
     temperature,
@@ -448,7 +457,7 @@ class Sampler:
     rows = None if grammar is None else grammar_lib.start(grammar)
     first, logp, rows = self._draw(
       logits[:, 0], key, grammar, rows, jnp.int32(n - 1), jnp.ones(b, bool),
-      greedy, top_k, top_p, temperature,
+      top_k, top_p, temperature,
     )  # fmt: skip
     tokens = tokens.at[:, p].set(first)
     valid = valid.at[:, p].set(True)
@@ -459,27 +468,23 @@ class Sampler:
       jnp.int32(0), p, rows,
     )  # fmt: skip
 
-  def _draw(self, logits_bv, key, grammar, rows, left, live, greedy, top_k, top_p, temperature):
+  def _draw(self, logits_bv, key, grammar, rows, left, live, top_k, top_p, temperature):
     """(token, log-prob, automaton states) per row: sampled among the tokens the rows' automata
     allow with `left` tokens to come, which then move on with it (live rows only); without a
     grammar, plain sampling."""
     if grammar is None:
-      token, logp = sample_logits(
-        logits_bv, key, temperature, greedy=greedy, top_k=top_k, top_p=top_p
-      )
+      token, logp = sample_logits(logits_bv, key, temperature, top_k=top_k, top_p=top_p)
       return token, logp, rows
     ok = grammar_lib.allowed(grammar, rows, left, self.eos_ids)
     masked = grammar_lib.mask_logits(logits_bv, ok)
-    token, _ = sample_logits(masked, key, temperature, greedy=greedy, top_k=top_k, top_p=top_p)
+    token, _ = sample_logits(masked, key, temperature, top_k=top_k, top_p=top_p)
     # The log-prob is the model's own (as under top_k/top_p): what the learner computes again.
-    scaled = logits_bv.astype(jnp.float32) / (1.0 if greedy else temperature)
+    scaled = logits_bv.astype(jnp.float32) / logit_scale(temperature)
     logp = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None], axis=-1)[:, 0]
     return token, logp, grammar_lib.advance(grammar, rows, token, live)
 
-  @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6), donate_argnums=(2,))
-  def _decode(
-    self, variables, state: DecodeState, steps, greedy, top_k, top_p, temperature, grammar=None
-  ):
+  @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5), donate_argnums=(2,))
+  def _decode(self, variables, state: DecodeState, steps, top_k, top_p, temperature, grammar=None):
     p, n = state.prompt_len, state.max_new_tokens
     eos = jnp.asarray(self.eos_ids)
     stop_at = jnp.minimum(state.step + steps, n)
@@ -507,7 +512,7 @@ class Sampler:
       live = ~s.done
       nxt, logp, rows = self._draw(  # the tokens after this one: n - 1 - s.step
         logits[:, 0], key, grammar, s.grammar, n - 1 - s.step, live,
-        greedy, top_k, top_p, temperature,
+        top_k, top_p, temperature,
       )  # fmt: skip
       nxt = jnp.where(live, nxt, self.pad_id)
       tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, nxt[:, None], slot + 1, axis=1)
@@ -536,14 +541,12 @@ class Sampler:
     tail = tail_of(state)
     ready = jnp.all(state.done | forced(state, tail[0])) & ~jnp.all(state.done)
     score = functools.partial(
-      self._score_tails, tail=tail, grammar=grammar, greedy=greedy, top_k=top_k, top_p=top_p,
+      self._score_tails, tail=tail, grammar=grammar, top_k=top_k, top_p=top_p,
       temperature=temperature,
     )  # fmt: skip
     return jax.lax.cond(ready, score, lambda v, s: s, variables, state)
 
-  def _score_tails(
-    self, variables, s: DecodeState, tail, grammar, greedy, top_k, top_p, temperature
-  ):
+  def _score_tails(self, variables, s: DecodeState, tail, grammar, top_k, top_p, temperature):
     """Ends the rows whose trie fixes their rest (`tail`: forced_tail's, computed once by the
     caller) in one model call instead of a step per token: the newest token and the forced ones
     are fed together (causal over their slots, like a prefill after the cache), the forced tokens
@@ -561,7 +564,7 @@ class Sampler:
     logits, cache = self.model.apply(
       variables, feed, s.positions[:, None] + i, valid, s.cache, slot
     )  # [B, TAIL, V]
-    scaled = logits.astype(jnp.float32) / (1.0 if greedy else temperature)
+    scaled = logits.astype(jnp.float32) / logit_scale(temperature)
     logp = jax.nn.log_softmax(scaled[:, :-1], axis=-1)
     chain_logp = jnp.take_along_axis(logp, chain[..., None], axis=-1)[..., 0]  # [B, TAIL - 1]
     keys, rng = [], s.rng
@@ -571,12 +574,13 @@ class Sampler:
     at_end = s.grammar.replace(state=end)  # only EOS is left there, whatever `left`
 
     def draw(logits_bv, key):  # (EOS id, its log-prob)
-      args = (greedy, top_k, top_p, temperature)
+      args = (top_k, top_p, temperature)
       return self._draw(logits_bv, key, grammar, at_end, n - 1 - s.step, rows, *args)[:2]
 
     at_end_of = lambda x: jnp.take_along_axis(x, length.clip(0)[:, None], axis=1)[:, 0]  # noqa: E731
-    if len(self.eos_ids) > 1 and not greedy:
-      # A choice among EOS ids: each row draws with the key of the step that would have drawn it.
+    if len(self.eos_ids) > 1:
+      # A choice among EOS ids: each row draws with the key of the step that would have drawn it
+      # (greedy rows take the argmax at their end either way).
       drawn = [draw(logits[:, j], keys[j]) for j in range(TAIL)]
       eos, eos_logp = (at_end_of(jnp.stack([d[k] for d in drawn], 1)) for k in (0, 1))
     else:  # EOS is the only token left: any key draws it
@@ -815,12 +819,12 @@ class Sampler:
     self._pool = self._store(self._pool, cache, *arrays)
 
   @staticmethod
-  def _static(params: SamplingParams) -> tuple[bool, int, float]:
-    return (params.greedy, int(params.top_k), float(params.top_p))
+  def _static(params: SamplingParams) -> tuple[int, float]:
+    return (int(params.top_k), float(params.top_p))
 
   @staticmethod
   def _temperature(params: SamplingParams) -> jax.Array:
-    return jnp.float32(1.0 if params.greedy else params.temperature)
+    return jnp.float32(params.temperature)  # 0: greedy, decided inside the programs
 
   def generate(
     self,

@@ -1,6 +1,8 @@
 """The process helpers on one process (each is the identity there), and start-up's one-line
 errors. Several processes are exercised end to end in tests/test_multihost.py."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -36,3 +38,13 @@ def test_start_up_flags_fail_in_one_line():
     hosts.initialize("flags", "localhost:1234", 2, 2)
   with pytest.raises(ValueError, match="--distributed='mpi'"):
     hosts.initialize("mpi")
+
+
+def test_compile_cache_has_a_folder_per_cpu_instruction_set():
+  amx = frozenset({"avx512f", "amx_bf16", "amx_tile"})
+  one = hosts.compile_cache_dir("~/c", "cpu", amx)
+  assert one.startswith(os.path.expanduser("~/c") + os.sep + "cpu-")
+  assert hosts.compile_cache_dir("~/c", "cpu", frozenset(sorted(amx))) == one  # order-free
+  assert hosts.compile_cache_dir("~/c", "cpu", frozenset({"avx512f"})) != one
+  # Accelerators: JAX's own key names the device, so one folder serves them.
+  assert hosts.compile_cache_dir("/x/c", "gpu", amx) == "/x/c"

@@ -97,21 +97,35 @@ def test_same_seed_same_sample_and_top_k_1_is_greedy(tiny):
   assert [x.token_ids for x in tiny_p] == [x.token_ids for x in greedy]
 
 
+def test_greedy_and_sampled_plays_share_their_programs(tiny):
+  # An evaluation (greedy) and a rollout (sampled) of the same shapes run the same compiled
+  # prefill and decode: greedy is the traced temperature 0, not a static flag.
+  lm, sampler = tiny
+  prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13]]
+  sampler.generate(lm.variables, prompts, SamplingParams(6, temperature=0.0))
+  sizes = (Sampler._prefill._cache_size(), Sampler._decode._cache_size())
+  sampled = sampler.generate(lm.variables, prompts, SamplingParams(6, temperature=0.9), seed=4)
+  assert (Sampler._prefill._cache_size(), Sampler._decode._cache_size()) == sizes
+  np.testing.assert_allclose(
+    sampled[0].logprobs, full_forward_logprobs(lm, sampled[0], 0.9), atol=1e-4
+  )
+
+
 def test_sample_logits_top_k_and_top_p_support():
   logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
   keys = jax.random.split(jax.random.PRNGKey(0), 400)
-  draw = lambda **kw: {
-    int(sample_logits(logits, k, jnp.float32(1.0), greedy=False, **kw)[0][0]) for k in keys
-  }
+  draw = lambda **kw: {int(sample_logits(logits, k, jnp.float32(1.0), **kw)[0][0]) for k in keys}
   assert draw(top_k=0, top_p=1.0) == {0, 1, 2, 3}
   assert draw(top_k=2, top_p=1.0) == {0, 1}
   assert draw(top_k=0, top_p=0.6) == {0, 1}  # 0.5 < 0.6, so the second token is needed too
   assert draw(top_k=0, top_p=0.5) == {0}
-  tok, logp = sample_logits(logits, keys[0], jnp.float32(2.0), greedy=False, top_k=0, top_p=1.0)
+  tok, logp = sample_logits(logits, keys[0], jnp.float32(2.0), top_k=0, top_p=1.0)
   want = jax.nn.log_softmax(logits[0] / 2.0)[tok[0]]
   np.testing.assert_allclose(float(logp[0]), float(want), rtol=1e-6)
-  tok, logp = sample_logits(logits, keys[0], jnp.float32(1.0), greedy=True, top_k=0, top_p=1.0)
-  assert int(tok[0]) == 0 and abs(float(logp[0]) - np.log(0.5)) < 1e-6
+  # Temperature 0: the argmax whatever the key, its log-prob under the unscaled logits.
+  for key in keys[:20]:
+    tok, logp = sample_logits(logits, key, jnp.float32(0.0), top_k=0, top_p=1.0)
+    assert int(tok[0]) == 0 and abs(float(logp[0]) - np.log(0.5)) < 1e-6
 
 
 def test_stop_string_cuts_after_the_completing_token(smollm2, greedy_fixture):
@@ -192,6 +206,7 @@ def test_weights_are_converted_once_per_version(tiny):
   s.prepare(lm.variables)  # no version: an identity check, a new set of weights
   s.prepare(lm.variables)
   assert s.conversions == 3
+  assert s._convert._cache_size() == 1  # one program for every conversion of the same shapes
 
 
 def test_batch_is_padded_and_results_keep_order(tiny):
